@@ -1,0 +1,364 @@
+"""cameras.yaml: pydantic v2 models (extra="forbid", units in names) and a loader that reports path and line."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import time as dtime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ConfigError
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+GridPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,7}$")]
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ZoneType(StrEnum):
+    NO_PARKING = "no_parking"
+    FIRE_LANE = "fire_lane"
+    BIN_STATION = "bin_station"
+    PARKING_BAY = "parking_bay"
+
+
+# Fire lanes get a short grace; ordinary no-parking zones tolerate a drop-off.
+DEFAULT_DWELL_S = {
+    ZoneType.FIRE_LANE: 60.0,
+    ZoneType.NO_PARKING: 300.0,
+    ZoneType.BIN_STATION: 120.0,
+    ZoneType.PARKING_BAY: 30.0,
+}
+
+
+def _point_list(v: Any) -> Any:
+    if isinstance(v, list) and all(isinstance(p, list | tuple) for p in v):
+        return [tuple(p) for p in v]
+    return v
+
+
+Point = tuple[Annotated[float, Field(ge=0, le=100_000)], Annotated[float, Field(ge=0, le=100_000)]]
+
+
+class ScheduleWindow(_Strict):
+    """Weekday time window in the site's time zone; ``end`` before ``start`` runs past midnight."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(_DAYS)  # type: ignore[assignment]
+    start: dtime = dtime(0, 0)
+    end: dtime = dtime(23, 59, 59)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _hhmm(cls, v: Any) -> Any:
+        if isinstance(v, int):  # YAML reads 07:30 as sexagesimal 450
+            return dtime(v // 60 % 24, v % 60)
+        return v
+
+
+class Zone(_Strict):
+    id: Ident
+    type: ZoneType
+    polygon: Annotated[list[Point], BeforeValidator(_point_list)]
+    dwell_s: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+    clear_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    inertia_s: Annotated[float, Field(ge=0, le=3600)] = 90.0
+    schedule: list[ScheduleWindow] | None = None
+    labels: list[Literal["vehicle", "person", "bin", "bin_overflow", "litter"]] | None = None
+    exempt_plates: list[Annotated[str, StringConstraints(min_length=2, max_length=16)]] = []
+    violation_code: Annotated[str, StringConstraints(max_length=32)] | None = None
+    bin_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = []
+    capacity: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    grid: GridPath | None = None
+    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.3
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon(cls, v: list[Point]) -> list[Point]:
+        if len(v) < 3:
+            raise ValueError("needs ≥ 3 points")
+        xs, ys = [p[0] for p in v], [p[1] for p in v]
+        area = abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(v)))) / 2
+        if area < 1.0:
+            raise ValueError("has no area (points are collinear or repeated)")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Zone:
+        if self.dwell_s is None:
+            self.dwell_s = DEFAULT_DWELL_S[self.type]
+        if self.labels is None:
+            self.labels = ["vehicle"] if self.type is not ZoneType.BIN_STATION else ["bin_overflow", "litter"]
+        if self.bin_ids and self.type is not ZoneType.BIN_STATION:
+            raise ValueError("bin_ids belong to bin_station zones only")
+        if self.clear_s and self.type is ZoneType.BIN_STATION and self.clear_s > self.dwell_s:
+            raise ValueError("clear_s should not exceed dwell_s")
+        return self
+
+    @property
+    def dwell(self) -> float:
+        assert self.dwell_s is not None
+        return self.dwell_s
+
+
+class FileSource(_Strict):
+    path: Path
+    loop: bool = True
+    realtime: bool = True
+
+
+class RtspSource(_Strict):
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+    transport: Literal["tcp", "udp"] = "tcp"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("rtsp", "rtsps"):
+            raise ValueError("must be an rtsp:// or rtsps:// URL")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        for m in _ENV_RE.finditer(v):
+            if m.group(1) not in os.environ:
+                raise ValueError(f"environment variable {m.group(1)} is not set")
+        return v
+
+    def resolved(self) -> str:
+        """The URL with ``${ENV}`` placeholders filled in, credentials percent-encoded."""
+        return _ENV_RE.sub(lambda m: quote(os.environ[m.group(1)], safe=""), self.url)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs, in raw and percent-encoded form."""
+        out: list[str] = []
+        for m in _ENV_RE.finditer(self.url):
+            val = os.environ.get(m.group(1), "")
+            if len(val) >= 3:
+                out += [val, quote(val, safe="")]
+        parts = urlsplit(self.resolved())
+        if parts.password:
+            out.append(parts.password)
+        return sorted(set(out), key=len, reverse=True)
+
+
+def _source_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "rtsp" if "url" in v else "file"
+    return "rtsp" if isinstance(v, RtspSource) else "file"
+
+
+class Camera(_Strict):
+    id: Ident
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    source: Annotated[
+        Annotated[RtspSource, Tag("rtsp")] | Annotated[FileSource, Tag("file")],
+        Discriminator(_source_kind),
+    ]
+    detect_fps: Annotated[float, Field(gt=0, le=30)] = 1.0
+    stall_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    open_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    models: list[Ident] = ["vehicles"]
+    grid: GridPath | None = None
+    enabled: bool = True
+    zones: list[Zone] = []
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _unique_zones(self) -> Camera:
+        ids = [z.id for z in self.zones]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"zone ids repeat: {', '.join(sorted(dup))}")
+        return self
+
+
+class ApiConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    url: str | None = None  # where workers post events; defaults to http://host:port
+    worker_key: Annotated[str, StringConstraints(min_length=16)] | None = None
+    media_max_mb: Annotated[int, Field(ge=1)] = 20_000
+
+    @field_validator("worker_key", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            for m in _ENV_RE.finditer(v):
+                if m.group(1) not in os.environ:
+                    raise ValueError(f"environment variable {m.group(1)} is not set")
+            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
+        return v
+
+    @property
+    def base_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
+class StorageConfig(_Strict):
+    data_dir: Path = Path("var")
+    database_url: str | None = None  # default: SQLite in data_dir
+
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'pingan.db'}"
+
+
+class SiteConfig(_Strict):
+    id: Ident = "site"
+    name: str = "pingan"
+    timezone: str = "Asia/Shanghai"
+    grid: GridPath | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {v!r}") from err
+        return v
+
+
+class DetectorConfig(_Strict):
+    providers: list[Literal["tensorrt", "cuda", "openvino", "cpu"]] | None = None
+    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+
+
+class Config(_Strict):
+    site: SiteConfig = SiteConfig()
+    api: ApiConfig = ApiConfig()
+    storage: StorageConfig = StorageConfig()
+    detector: DetectorConfig = DetectorConfig()
+    cameras: list[Camera]
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> Config:
+        ids = [c.id for c in self.cameras]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"camera ids repeat: {', '.join(sorted(dup))}")
+        return self
+
+    def camera(self, camera_id: str) -> Camera:
+        for c in self.cameras:
+            if c.id == camera_id:
+                return c
+        raise KeyError(camera_id)
+
+
+# ---- loading with line numbers -------------------------------------------------------------------
+
+
+def _to_python(node: yaml.Node, lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for k, v in node.value:
+            key = yaml.safe_load(yaml.serialize(k)) if not isinstance(k, yaml.ScalarNode) else k.value
+            if key in out:
+                raise ConfigError([f"{_fmt(path + (key,))}: key appears twice (line {k.start_mark.line + 1})"])
+            lines[path + (key,)] = k.start_mark.line + 1
+            out[key] = _to_python(v, lines, path + (key,))
+            lines[path + (key,)] = min(lines[path + (key,)], k.start_mark.line + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, lines, path + (i,)) for i, v in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _fmt(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top)"
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts union member names (e.g. 'RtspSource', 'function-after[...]') into loc; drop them.
+    return tuple(p for p in loc if isinstance(p, int) or p not in ("rtsp", "file") and "[" not in p)
+
+
+def parse_config(text: str, source: str = "cameras.yaml") -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError([f"{source}: not valid YAML: {getattr(err, 'problem', err)}{where}"]) from err
+    if node is None:
+        raise ConfigError([f"{source}: file is empty"])
+    lines: dict[tuple[Any, ...], int] = {}
+    data = _to_python(node, lines, ())
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping with a 'cameras' list"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        messages = []
+        seen = set()
+        for e in err.errors(include_url=False):
+            loc = _clean_loc(tuple(e["loc"]))
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif e["type"] == "missing":
+                msg = "required field is missing"
+            line = _line_for(loc, lines)
+            text_ = f"{_fmt(loc)}: {msg}" + (f" (line {line})" if line else "")
+            if text_ not in seen:
+                seen.add(text_)
+                messages.append(text_)
+        raise ConfigError(messages) from err
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([f"{p}: cannot read: {err}"]) from err
+    cfg = parse_config(text, str(p))
+    base = p.resolve().parent
+    for cam in cfg.cameras:
+        if isinstance(cam.source, FileSource) and not cam.source.path.is_absolute():
+            cam.source.path = base / cam.source.path
+    if not cfg.storage.data_dir.is_absolute():
+        cfg.storage.data_dir = base / cfg.storage.data_dir
+    return cfg
+
+
+def config_schema() -> dict[str, Any]:
+    return Config.model_json_schema()
