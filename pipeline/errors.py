@@ -31,3 +31,7 @@ class OutboxError(PinganError):
 
 class SinkError(PinganError):
     """A sink refused or could not take an event; the outbox retries it."""
+
+
+class PermanentSinkError(SinkError):
+    """A sink rejected an event for good (bad input, 4xx); the outbox dead-letters it instead of retrying."""
