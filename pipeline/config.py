@@ -189,13 +189,14 @@ class Camera(_Strict):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @model_validator(mode="after")
-    def _unique_zones(self) -> Camera:
-        ids = [z.id for z in self.zones]
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones: list[Zone]) -> list[Zone]:
+        ids = [z.id for z in zones]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"zone ids repeat: {', '.join(sorted(dup))}")
-        return self
+        return zones
 
 
 class ApiConfig(_Strict):
@@ -257,13 +258,14 @@ class Config(_Strict):
     detector: DetectorConfig = DetectorConfig()
     cameras: list[Camera]
 
-    @model_validator(mode="after")
-    def _unique_cameras(self) -> Config:
-        ids = [c.id for c in self.cameras]
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[Camera]) -> list[Camera]:
+        ids = [c.id for c in cameras]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"camera ids repeat: {', '.join(sorted(dup))}")
-        return self
+        return cameras
 
     def camera(self, camera_id: str) -> Camera:
         for c in self.cameras:

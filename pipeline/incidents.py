@@ -1,0 +1,234 @@
+"""Turns one camera's rule signals into wire events with evidence stills (the rules never see frames)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from pipeline.config import Camera, SiteConfig, Zone, ZoneType
+from pipeline.events import (
+    Event,
+    EventState,
+    EventType,
+    Evidence,
+    ModelRef,
+    Plate,
+    TrackedObject,
+    utc,
+)
+from pipeline.ids import uuid7
+from pipeline.protocols import Frame
+from pipeline.rules.base import RuleSignal, SignalKind
+
+# A still costs ~10 ms and ~150 KB; a stay of hours must not fill the disk.
+MAX_SCENE_STILLS = 6
+MAX_PLATE_READS = 4
+
+RULE_EVENT_TYPE = {"parking": EventType.ILLEGAL_PARKING, "bins": EventType.BIN_OVERFLOW}
+ZONE_NAMES_ZH = {
+    ZoneType.FIRE_LANE: "消防通道",
+    ZoneType.NO_PARKING: "禁停区",
+    ZoneType.BIN_STATION: "垃圾桶站",
+    ZoneType.PARKING_BAY: "车位",
+}
+
+
+class StillRenderer(Protocol):
+    """What the builder needs from evidence rendering (pipeline.evidence provides it)."""
+
+    def still(self, image: object, caption: list[str], boxes: list[tuple[tuple[float, ...], str]]) -> bytes: ...
+
+    def plate_crop(self, image: object, box: tuple[float, ...]) -> bytes | None: ...
+
+
+Emit = Callable[[Event, dict[str, bytes]], None]
+PlateRequest = Callable[[str, object, tuple[float, ...]], None]
+
+
+@dataclass
+class _Incident:
+    signal: RuleSignal
+    zone: Zone
+    event_id: str | None = None
+    seq: int = 0
+    evidence: list[Evidence] = field(default_factory=list)
+    pending_files: dict[str, bytes] = field(default_factory=dict)
+    scene_count: int = 0
+    plates: list[tuple[str, float]] = field(default_factory=list)
+    plate_reads: int = 0
+    plate: tuple[str, float] | None = None
+    exempt: bool = False
+
+
+class IncidentBuilder:
+    """One per camera. Not thread-safe except ``plate_read``, which the plate service calls."""
+
+    def __init__(
+        self,
+        camera: Camera,
+        site: SiteConfig,
+        renderer: StillRenderer,
+        emit: Emit,
+        model: ModelRef | None = None,
+        request_plate: PlateRequest | None = None,
+        vote: Callable[[list[tuple[str, float]]], tuple[str, float] | None] | None = None,
+    ) -> None:
+        self.camera = camera
+        self.site = site
+        self.tz = ZoneInfo(site.timezone)
+        self.renderer = renderer
+        self.emit = emit
+        self.model = model
+        self.request_plate = request_plate
+        self.vote = vote
+        self.zones = {z.id: z for z in camera.zones}
+        self._open: dict[str, _Incident] = {}
+        self._lock = threading.Lock()
+
+    # ---- signals ---------------------------------------------------------------------------------
+
+    def handle(self, signals: list[RuleSignal], frame: Frame) -> None:
+        for s in signals:
+            with self._lock:
+                self._handle(s, frame)
+
+    def _handle(self, s: RuleSignal, frame: Frame) -> None:
+        inc = self._open.get(s.key)
+        if s.kind is SignalKind.CANDIDATE:
+            inc = self._open[s.key] = _Incident(s, self.zones[s.zone_id])
+            if s.snapshot:
+                self._still(inc, s, frame, "before" if s.rule == "bins" else "scene")
+            return
+        if inc is None:
+            if s.kind is not SignalKind.OPEN:
+                return  # a close/update for an incident that started before this process: nothing to add to
+            inc = self._open[s.key] = _Incident(s, self.zones[s.zone_id])
+        inc.signal = s
+        if s.kind is SignalKind.CANCEL:
+            del self._open[s.key]
+            return
+        if s.snapshot:
+            kind = "after" if (s.kind is SignalKind.CLOSE and s.rule == "bins") else "scene"
+            self._still(inc, s, frame, kind)
+        if s.rule == "parking" and s.kind in (SignalKind.OPEN, SignalKind.UPDATE) and s.snapshot:
+            self._want_plate(inc, s, frame)
+        if inc.exempt:
+            if s.kind is SignalKind.CLOSE:
+                del self._open[s.key]
+            return
+        if s.kind is SignalKind.OPEN:
+            inc.event_id = str(uuid7(int(s.started_ts * 1000)))
+            self._send(inc, EventState.OPEN, s)
+        elif s.kind is SignalKind.UPDATE and inc.event_id:
+            self._send(inc, EventState.UPDATE, s)
+        elif s.kind is SignalKind.CLOSE:
+            if inc.event_id:
+                self._send(inc, EventState.CLOSED, s)
+            del self._open[s.key]
+
+    # ---- evidence ---------------------------------------------------------------------------------
+
+    def _caption(self, s: RuleSignal, zone: Zone, ts: float, plate: tuple[str, float] | None) -> list[str]:
+        local = datetime.fromtimestamp(ts, self.tz)
+        grid = zone.grid or self.camera.grid or self.site.grid or "-"
+        lines = [
+            f"{local:%Y-%m-%d %H:%M:%S} {local.tzname() or ''}  {self.camera.name} ({self.camera.id})",
+            f"区域 {zone.id} {ZONE_NAMES_ZH.get(zone.type, '')}  位置 {grid}",
+            f"停留 {s.dwell_s:.0f} s  目标 {s.label} #{s.track_id}",
+        ]
+        if zone.violation_code:
+            lines[2] += f"  违法代码 {zone.violation_code}"
+        if plate:
+            lines[2] += f"  车牌 {plate[0]}"
+        return lines
+
+    def _still(self, inc: _Incident, s: RuleSignal, frame: Frame, kind: str) -> None:
+        if kind == "scene":
+            if inc.scene_count >= MAX_SCENE_STILLS:
+                return
+            inc.scene_count += 1
+            name = f"scene-{inc.scene_count}.jpg"
+        else:
+            name = f"{kind}.jpg"
+        boxes = [(s.box_xyxy, s.label)] if s.box_xyxy else []
+        data = self.renderer.still(frame.image, self._caption(s, inc.zone, frame.ts, inc.plate), boxes)
+        self._attach(inc, name, data, frame.ts, kind)
+
+    def _attach(self, inc: _Incident, name: str, data: bytes, ts: float, kind: str) -> None:
+        inc.evidence = [e for e in inc.evidence if e.name != name]
+        inc.evidence.append(
+            Evidence(name=name, taken_at=utc(ts), sha256=hashlib.sha256(data).hexdigest(), kind=kind)  # type: ignore[arg-type]
+        )
+        inc.pending_files[name] = data
+
+    def _want_plate(self, inc: _Incident, s: RuleSignal, frame: Frame) -> None:
+        if s.box_xyxy is None:
+            return
+        if not any(e.kind == "plate" for e in inc.evidence):
+            crop = self.renderer.plate_crop(frame.image, s.box_xyxy)
+            if crop is not None:
+                self._attach(inc, "plate-1.jpg", crop, frame.ts, "plate")
+        if self.request_plate and inc.plate_reads < MAX_PLATE_READS:
+            inc.plate_reads += 1
+            self.request_plate(s.key, frame.image, s.box_xyxy)
+
+    def plate_read(self, key: str, text: str, confidence: float) -> None:
+        """Called from the plate service's thread when a crop was read."""
+        with self._lock:
+            inc = self._open.get(key)
+            if inc is None:
+                return
+            inc.plates.append((text, confidence))
+            inc.plate = self.vote(inc.plates) if self.vote else max(inc.plates, key=lambda p: p[1])
+            if inc.plate and inc.plate[0] in inc.zone.exempt_plates:
+                inc.exempt = True
+
+    # ---- wire -------------------------------------------------------------------------------------
+
+    def _send(self, inc: _Incident, state: EventState, s: RuleSignal) -> None:
+        assert inc.event_id is not None
+        zone = inc.zone
+        plate = Plate(text=inc.plate[0], confidence=round(inc.plate[1], 3)) if inc.plate else None
+        box = [round(float(v), 1) for v in s.box_xyxy] if s.box_xyxy else None
+        obj = None
+        if box and box[0] < box[2] and box[1] < box[3]:
+            obj = TrackedObject(
+                label=s.label,  # type: ignore[arg-type]
+                track_id=s.track_id,
+                confidence=round(min(max(s.confidence, 0.0), 1.0), 3),
+                box_xyxy=[max(v, 0.0) for v in box],
+                plate=plate,
+            )
+        ended = utc(s.ts) if state is EventState.CLOSED else None
+        event = Event(
+            id=inc.event_id,
+            type=RULE_EVENT_TYPE[s.rule],
+            state=state,
+            camera_id=self.camera.id,
+            zone_id=zone.id,
+            bin_id=zone.bin_ids[0] if zone.bin_ids else None,
+            bin_ids=list(zone.bin_ids),
+            started_at=utc(s.started_ts),
+            updated_at=utc(max(s.ts, s.started_ts)),
+            ended_at=ended,
+            dwell_s=round(max(s.dwell_s, 0.0), 1),
+            severity=s.severity,
+            object=obj,
+            evidence=list(inc.evidence),
+            model=self.model,
+            grid=zone.grid or self.camera.grid or self.site.grid,
+            violation_code=zone.violation_code,
+            seq=inc.seq,
+        )
+        files, inc.pending_files = inc.pending_files, {}
+        inc.seq += 1
+        self.emit(event, files)
+
+    def open_keys(self) -> list[str]:
+        with self._lock:
+            return [k for k, inc in self._open.items() if inc.event_id]

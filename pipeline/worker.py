@@ -1,0 +1,172 @@
+"""One camera's stages wired together: source → gate → (shared detector) → tracker → rules → incidents.
+
+The worker's thread is the supervision boundary for its camera: whatever goes wrong there is logged
+(credential-masked), counted and retried after a backoff, and never reaches another camera.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.config import Camera, FileSource, SiteConfig, ZoneType
+from pipeline.detections import Detections
+from pipeline.incidents import IncidentBuilder
+from pipeline.inference import InferenceScheduler
+from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
+from pipeline.rules.base import RuleSignal
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[Camera, threading.Event], FrameSource]
+
+
+class Rule:
+    """What the worker needs of a rule (parking, bins, bays)."""
+
+    def update(self, dets: Detections, ts: float) -> list[RuleSignal]:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+def build_rules(camera: Camera, site: SiteConfig) -> list[Rule]:
+    from pipeline.rules.bins import BinRule
+    from pipeline.rules.parking import ParkingRule
+
+    rules: list[Rule] = []
+    for zone in camera.zones:
+        if zone.type in (ZoneType.NO_PARKING, ZoneType.FIRE_LANE):
+            rules.append(ParkingRule(zone, site.timezone))
+        elif zone.type is ZoneType.BIN_STATION:
+            rules.append(BinRule(zone))
+    return rules
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    camera_id: str
+    source: SourceStatus
+    detections: int
+    gated: int
+    dropped: int
+    crashes: int
+    detector_ms: float | None
+    last_detection_ts: float | None
+
+
+class CameraWorker:
+    def __init__(
+        self,
+        camera: Camera,
+        site: SiteConfig,
+        scheduler: InferenceScheduler,
+        builder: IncidentBuilder,
+        stop: threading.Event,
+        source_factory: SourceFactory,
+        rules: list[Rule] | None = None,
+        tracker: object | None = None,
+        gate: object | None = None,
+        gate_refresh_s: float = 30.0,
+    ) -> None:
+        from pipeline.tracking import Tracker
+
+        self.camera = camera
+        self.scheduler = scheduler
+        self.builder = builder
+        self.stop = stop
+        self.source_factory = source_factory
+        self.rules = build_rules(camera, site) if rules is None else rules
+        self.tracker = tracker if tracker is not None else Tracker()
+        self.gate = gate
+        self.gate_refresh_s = gate_refresh_s
+        self._lock = threading.Lock()
+        self._source: FrameSource | None = None
+        self._last_dets: Detections | None = None
+        self._last_det_ts: float | None = None
+        self._detections = 0
+        self._gated = 0
+        self._crashes = 0
+        self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
+        scheduler.register(camera.id, camera.models, self._on_detections)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                self._source = self.source_factory(self.camera, self.stop)
+                for frame in self._source.frames():
+                    if self.stop.is_set():
+                        break
+                    self._on_frame(frame)
+                    backoff = 1.0
+            except Exception as err:  # supervision boundary for this camera
+                self._crashes += 1
+                log.error("camera %s: worker error (%s); restarting in %.0f s", self.camera.id, err, backoff)
+                log.debug("camera %s: worker traceback", self.camera.id, exc_info=True)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.camera.backoff_max_s)
+            finally:
+                if self._source is not None:
+                    self._source.close()
+            if isinstance(self.camera.source, FileSource) and not self.camera.source.loop:
+                self.stop.wait()  # a finished file stays finished; rules keep their state until shutdown
+            elif not self.stop.is_set():
+                self.stop.wait(backoff)  # frames() ends by itself only on faults the source gave up on
+
+    # ---- per frame ----------------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        if self.gate is not None and self._last_dets is not None and self._last_det_ts is not None:
+            fresh = frame.ts - self._last_det_ts < self.gate_refresh_s
+            if fresh and not self.gate.changed(frame.image):  # type: ignore[attr-defined]
+                # Scene unchanged in the zones: carry the last detections forward so dwell timers run on.
+                self._gated += 1
+                self._apply(frame, self._last_dets, detected=False)
+                return
+        self.scheduler.submit(self.camera.id, frame)
+
+    def _on_detections(self, frame: Frame, dets: Detections) -> None:
+        self._apply(frame, dets, detected=True)
+
+    def _apply(self, frame: Frame, dets: Detections, detected: bool) -> None:
+        with self._lock:
+            if detected:
+                self._detections += 1
+                self._last_dets = dets
+                self._last_det_ts = frame.ts
+                if self.gate is not None:
+                    self.gate.changed(frame.image)  # type: ignore[attr-defined]  # re-anchor the reference
+            tracked = self.tracker.update(dets, frame.ts)  # type: ignore[attr-defined]
+            signals: list[RuleSignal] = []
+            for rule in self.rules:
+                signals.extend(rule.update(tracked, frame.ts))
+            if signals:
+                self.builder.handle(signals, frame)
+
+    # ---- health -------------------------------------------------------------------------------------
+
+    def status(self) -> WorkerStatus:
+        src = self._source.status() if self._source is not None else None
+        if src is None:
+            src = SourceStatus(state=SourceState.CONNECTING, since=time.monotonic())
+        return WorkerStatus(
+            camera_id=self.camera.id,
+            source=src,
+            detections=self._detections,
+            gated=self._gated,
+            dropped=self.scheduler.dropped(self.camera.id) + src.dropped,
+            crashes=self._crashes,
+            detector_ms=self.scheduler.latency_ms(self.camera.id),
+            last_detection_ts=self._last_det_ts,
+        )

@@ -1,0 +1,154 @@
+"""cameras.yaml validation: every error names the field path and the YAML line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, FileSource, RtspSource, ZoneType, config_schema, parse_config
+
+GOOD = """\
+site:
+  id: haiyi
+  timezone: Asia/Shanghai
+cameras:
+  - id: gate-east
+    name: 东门
+    source:
+      url: rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:8554/gate
+    detect_fps: 1
+    zones:
+      - id: fire-lane-3
+        type: fire_lane
+        polygon: [[10, 10], [200, 10], [200, 100], [10, 100]]
+        schedule:
+          - days: [mon, tue]
+            start: 07:30
+            end: "22:00"
+  - id: bins-north
+    name: North bins
+    source: {path: demo.mp4, loop: true}
+    models: bins
+    zones:
+      - id: station-1
+        type: bin_station
+        polygon: [[0, 0], [50, 0], [50, 50]]
+        bin_ids: [FS-0001, FS-0002]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAM_USER", "admin")
+    monkeypatch.setenv("CAM_PASS", "p@ss/word")
+
+
+def test_good_config_parses_with_defaults() -> None:
+    cfg = parse_config(GOOD)
+    cam = cfg.camera("gate-east")
+    assert isinstance(cam.source, RtspSource)
+    assert cam.source.resolved() == "rtsp://admin:p%40ss%2Fword@127.0.0.1:8554/gate"
+    assert "p@ss/word" in cam.source.secrets() and "p%40ss%2Fword" in cam.source.secrets()
+    zone = cam.zones[0]
+    assert zone.type is ZoneType.FIRE_LANE and zone.dwell == 60.0
+    assert zone.polygon[0] == (10.0, 10.0)
+    assert zone.schedule and zone.schedule[0].start == time(7, 30) and zone.schedule[0].end == time(22, 0)
+    bins = cfg.camera("bins-north")
+    assert isinstance(bins.source, FileSource) and bins.models == ["bins"]
+    assert bins.zones[0].labels == ["bin_overflow", "litter"]
+
+
+def _errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return info.value.messages
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("    name: 东门\n", "", "cameras[0].name: required field is missing (line 5)"),
+        (
+            "polygon: [[0, 0], [50, 0], [50, 50]]",
+            "polygon: [[0, 0], [50, 0]]",
+            "cameras[1].zones[0].polygon: needs ≥ 3 points (line 25)",
+        ),
+        ("    detect_fps: 1\n", "    detect_fps: 1\n    fps: 3\n", "cameras[0].fps: unknown field (line 10)"),
+        (
+            "url: rtsp://${CAM_USER}",
+            "url: http://${CAM_USER}",
+            "cameras[0].source.url: must be an rtsp:// or rtsps:// URL (line 8)",
+        ),
+        ("type: fire_lane", "type: fire_lanes", "cameras[0].zones[0].type: Input should be"),
+        (
+            "polygon: [[0, 0], [50, 0], [50, 50]]",
+            "polygon: [[0, 0], [50, 0], [100, 0]]",
+            "cameras[1].zones[0].polygon: has no area",
+        ),
+        ("timezone: Asia/Shanghai", "timezone: Mars/Base", "site.timezone: unknown time zone 'Mars/Base' (line 3)"),
+        ("  - id: bins-north", "  - id: gate-east", "cameras: camera ids repeat: gate-east (line 4)"),
+        ("detect_fps: 1", "detect_fps: -1", "cameras[0].detect_fps: Input should be greater than 0 (line 9)"),
+    ],
+)
+def test_bad_field_names_path_and_line(old: str, new: str, expected: str) -> None:
+    assert old in GOOD
+    messages = _errors(GOOD.replace(old, new, 1))
+    assert any(m.startswith(expected) for m in messages), messages
+
+
+def test_missing_env_placeholder_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAM_PASS")
+    messages = _errors(GOOD)
+    assert messages == ["cameras[0].source.url: environment variable CAM_PASS is not set (line 8)"]
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    messages = _errors(GOOD.replace("    detect_fps: 1", "    detect_fps: [1"))
+    assert "line" in messages[0] and "not valid YAML" in messages[0]
+
+
+def test_duplicate_key_is_refused() -> None:
+    messages = _errors(GOOD.replace("    detect_fps: 1\n", "    detect_fps: 1\n    detect_fps: 2\n"))
+    assert messages[0].startswith("cameras[0].detect_fps: key appears twice (line 10)")
+
+
+@pytest.mark.parametrize("text", ["", "[]", "cameras: 3", "- a\n- b"])
+def test_degenerate_documents_give_messages(text: str) -> None:
+    assert _errors(text)
+
+
+def test_schema_is_json() -> None:
+    schema = config_schema()
+    assert "cameras" in schema["properties"]
+    json.dumps(schema)
+
+
+def test_repo_demo_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "check-config", str(root / "cameras.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_check_config_cli_exits_nonzero_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("polygon: [[0, 0], [50, 0], [50, 50]]", "polygon: [[0, 0]]"), encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"CAM_USER": "u", "CAM_PASS": "secretpw", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 2
+    assert "cameras[1].zones[0].polygon: needs ≥ 3 points (line 25)" in out.stderr
+    assert "Traceback" not in out.stderr
