@@ -1,4 +1,4 @@
-"""cameras.yaml: pydantic v2 models (extra="forbid", units in names) and a loader that reports path and line."""
+"""cameras.yaml: pydantic v2 models (extra="forbid", units in names) and a loader naming path and line."""
 
 from __future__ import annotations
 
@@ -284,13 +284,15 @@ def _to_python(node: yaml.Node, lines: dict[tuple[Any, ...], int], path: tuple[A
         for k, v in node.value:
             key = yaml.safe_load(yaml.serialize(k)) if not isinstance(k, yaml.ScalarNode) else k.value
             if key in out:
-                raise ConfigError([f"{_fmt(path + (key,))}: key appears twice (line {k.start_mark.line + 1})"])
-            lines[path + (key,)] = k.start_mark.line + 1
-            out[key] = _to_python(v, lines, path + (key,))
-            lines[path + (key,)] = min(lines[path + (key,)], k.start_mark.line + 1)
+                raise ConfigError(
+                    [f"{_fmt((*path, key))}: key appears twice (line {k.start_mark.line + 1})"]
+                )
+            lines[(*path, key)] = k.start_mark.line + 1
+            out[key] = _to_python(v, lines, (*path, key))
+            lines[(*path, key)] = min(lines[(*path, key)], k.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, lines, path + (i,)) for i, v in enumerate(node.value)]
+        return [_to_python(v, lines, (*path, i)) for i, v in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
 
 
@@ -310,7 +312,7 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic puts union member names (e.g. 'RtspSource', 'function-after[...]') into loc; drop them.
-    return tuple(p for p in loc if isinstance(p, int) or p not in ("rtsp", "file") and "[" not in p)
+    return tuple(p for p in loc if isinstance(p, int) or (p not in ("rtsp", "file") and "[" not in p))
 
 
 def parse_config(text: str, source: str = "cameras.yaml") -> Config:

@@ -96,13 +96,18 @@ class ModelRef(_Wire):
 class Event(_Wire):
     """One lifecycle message of one event; ``id`` is stable across its open/update/closed messages."""
 
-    id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
+    id: Annotated[
+        str,
+        StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"),
+    ]
     type: EventType
     state: EventState
     camera_id: Ident
     zone_id: Ident | None = None
     bin_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
-    bin_ids: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=32)] = []
+    bin_ids: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=32)
+    ] = []
     started_at: UtcDatetime
     updated_at: UtcDatetime
     ended_at: UtcDatetime | None = None

@@ -1,4 +1,4 @@
-"""Camera health as events: a camera whose stream has not delivered for a while opens a camera_offline event."""
+"""Camera health as events: a camera whose stream has stalled for a while opens a camera_offline event."""
 
 from __future__ import annotations
 

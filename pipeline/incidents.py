@@ -41,7 +41,9 @@ ZONE_NAMES_ZH = {
 class StillRenderer(Protocol):
     """What the builder needs from evidence rendering (pipeline.evidence provides it)."""
 
-    def still(self, image: object, caption: list[str], boxes: list[tuple[tuple[float, ...], str]]) -> bytes: ...
+    def still(
+        self, image: object, caption: list[str], boxes: list[tuple[tuple[float, ...], str]]
+    ) -> bytes: ...
 
     def plate_crop(self, image: object, box: tuple[float, ...]) -> bytes | None: ...
 

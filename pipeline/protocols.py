@@ -84,5 +84,3 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
-
-

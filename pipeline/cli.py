@@ -1,0 +1,301 @@
+"""The `pingan` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError, PinganError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="pingan: parking and bin analytics.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect and verify shipped models.")
+users_app = typer.Typer(no_args_is_help=True, help="Manage dashboard users.")
+app.add_typer(models_app, name="models")
+app.add_typer(users_app, name="users")
+
+log = logging.getLogger("pingan")
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml")]
+ModelsOpt = Annotated[Path, typer.Option("--models-dir", help="folder with manifest.yaml")]
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        for m in err.messages:
+            typer.echo(m, err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(cfg: Config | None, verbose: bool = False) -> object:
+    from pipeline.redact import Redactor
+
+    secrets_: list[str] = []
+    if cfg is not None:
+        from pipeline.config import RtspSource
+
+        for cam in cfg.cameras:
+            if isinstance(cam.source, RtspSource):
+                secrets_ += cam.source.secrets()
+        if cfg.api.worker_key:
+            secrets_.append(cfg.api.worker_key)
+    redactor = Redactor(secrets_)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redactor.filter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("httpx", "httpcore", "libav", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return redactor
+
+
+def _ensure_worker_key(cfg: Config) -> None:
+    """Embedded runs need a key shared by worker and API; make one per run when none is configured."""
+    key = os.environ.get("PINGAN_WORKER_KEY") or cfg.api.worker_key
+    cfg.api.worker_key = key or secrets.token_urlsafe(32)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="cameras.yaml")] = Path("cameras.yaml")) -> None:
+    """Validate a cameras.yaml; exit 2 with field path and line for each problem."""
+    cfg = _load(path)
+    zones = sum(len(c.zones) for c in cfg.cameras)
+    typer.echo(f"{path}: ok ({len(cfg.cameras)} cameras, {zones} zones)")
+
+
+@app.command("config-schema")
+def config_schema_cmd() -> None:
+    """Print the JSON schema of cameras.yaml."""
+    from pipeline.config import config_schema
+
+    typer.echo(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+
+
+def _uvicorn_server(cfg: Config):  # type: ignore[no-untyped-def]
+    import uvicorn
+    from api.app import create_app
+
+    from api.settings import settings_from_config
+
+    application = create_app(settings_from_config(cfg))
+    uv = uvicorn.Config(application, host=cfg.api.host, port=cfg.api.port, log_level="warning", lifespan="on")
+    return uvicorn.Server(uv)
+
+
+def _supervise(cfg: Config, camera_ids: list[str] | None, redactor: object, stop: threading.Event):  # type: ignore[no-untyped-def]
+    from pipeline.supervisor import Supervisor
+
+    cams = [c for c in cfg.cameras if c.enabled and (not camera_ids or c.id in camera_ids)]
+    unknown = set(camera_ids or []) - {c.id for c in cfg.cameras}
+    if unknown:
+        typer.echo(f"unknown camera id(s): {', '.join(sorted(unknown))}", err=True)
+        raise typer.Exit(2)
+    sup = Supervisor(cfg, cams, stop, redactor, models_dir=DEFAULT_MODELS)  # type: ignore[arg-type]
+    sup.start()
+    return sup
+
+
+@app.command()
+def run(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None:
+    """Embedded default: the API and one worker per camera in this process."""
+    cfg = _load(config)
+    _ensure_worker_key(cfg)
+    redactor = _logging(cfg, verbose)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        server = _uvicorn_server(cfg)
+        api_thread = threading.Thread(target=server.run, name="api", daemon=True)
+        api_thread.start()
+        sup = _supervise(cfg, None, redactor, stop)
+    except PinganError as err:
+        log.error("%s", err)
+        raise typer.Exit(1) from None
+    log.info("dashboard: http://%s:%d/", cfg.api.host, cfg.api.port)
+    stop.wait()
+    sup.shutdown(timeout_s=8.0)  # workers first, so the outbox can still reach the API
+    server.should_exit = True
+    api_thread.join(5.0)
+    log.info("stopped")
+
+
+@app.command()
+def api(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None:
+    """Run only the API (several replicas may share one PostgreSQL)."""
+    cfg = _load(config)
+    _logging(cfg, verbose)
+    if not (os.environ.get("PINGAN_WORKER_KEY") or cfg.api.worker_key):
+        typer.echo("api: set api.worker_key or PINGAN_WORKER_KEY so workers can post events", err=True)
+        raise typer.Exit(2)
+    _ensure_worker_key(cfg)
+    _uvicorn_server(cfg).run()
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = Path("cameras.yaml"),
+    camera: Annotated[list[str] | None, typer.Option("--camera", help="camera id (repeatable)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Run camera workers only, posting to the API at api.url."""
+    cfg = _load(config)
+    if not (os.environ.get("PINGAN_WORKER_KEY") or cfg.api.worker_key):
+        typer.echo("worker: set api.worker_key or PINGAN_WORKER_KEY", err=True)
+        raise typer.Exit(2)
+    _ensure_worker_key(cfg)
+    redactor = _logging(cfg, verbose)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        sup = _supervise(cfg, camera, redactor, stop)
+    except PinganError as err:
+        log.error("%s", err)
+        raise typer.Exit(1) from None
+    stop.wait()
+    sup.shutdown(timeout_s=8.0)
+
+
+@app.command()
+def detect(
+    path: Annotated[Path, typer.Argument(help="image or video file")],
+    model: Annotated[str, typer.Option("--model", help="model name in models/manifest.yaml")] = "vehicles",
+    models_dir: ModelsOpt = DEFAULT_MODELS,
+    every: Annotated[int, typer.Option(help="video: every n-th frame")] = 10,
+    max_frames: Annotated[int, typer.Option(help="video: stop after this many frames")] = 100,
+) -> None:
+    """Print detections of an image or video as JSON lines."""
+    import cv2
+
+    from pipeline.detection import load_detector
+    from pipeline.detections import LABELS
+
+    try:
+        det = load_detector(model, models_dir)
+    except PinganError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+
+    def emit(index: int, image: object) -> None:
+        d = det.detect([image])[0]  # type: ignore[list-item]
+        items = [
+            {
+                "label": LABELS[int(c)],
+                "confidence": round(float(s), 3),
+                "box_xyxy": [round(float(v), 1) for v in b],
+            }
+            for b, s, c in zip(d.xyxy, d.confidence, d.class_id, strict=True)
+        ]
+        typer.echo(json.dumps({"file": str(path), "frame": index, "detections": items}, ensure_ascii=False))
+
+    image = cv2.imread(str(path))
+    if image is not None:
+        emit(0, image)
+        return
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        typer.echo(f"{path}: cannot read as image or video", err=True)
+        raise typer.Exit(1)
+    try:
+        i = 0
+        while i < max_frames * every:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i % every == 0:
+                emit(i, frame)
+            i += 1
+    finally:
+        cap.release()
+
+
+@app.command()
+def demo(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None:
+    """Prepare demo media offline, serve it over a local RTSP server, and run everything."""
+    from pipeline.devtools.demo import prepare_and_serve
+
+    cfg = _load(config)
+    with prepare_and_serve(cfg):
+        run(config=config, verbose=verbose)
+
+
+@models_app.command("list")
+def models_list(models_dir: ModelsOpt = DEFAULT_MODELS) -> None:
+    """List shipped models with their classes, input size and licence."""
+    from pipeline.manifest import load_manifest
+
+    for name, entry in load_manifest(models_dir).models.items():
+        typer.echo(
+            f"{name}: {entry.file} {entry.input.width}x{entry.input.height} adapter={entry.adapter} "
+            f"licence={entry.licence} classes={len(entry.classes)}"
+        )
+
+
+@models_app.command("verify")
+def models_verify(models_dir: ModelsOpt = DEFAULT_MODELS) -> None:
+    """Check every model file against its manifest sha256 and contract."""
+    from pipeline.manifest import load_manifest, verify_model
+
+    ok = True
+    for name in load_manifest(models_dir).models:
+        try:
+            verify_model(name, models_dir)
+            typer.echo(f"{name}: ok")
+        except PinganError as err:
+            ok = False
+            typer.echo(f"{name}: {err}", err=True)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="operator | police | admin")],
+    config: ConfigOpt = Path("cameras.yaml"),
+    scope: Annotated[list[str] | None, typer.Option(help="camera id or grid prefix (repeatable)")] = None,
+) -> None:
+    """Create a dashboard user; the password is read from the terminal (or PINGAN_NEW_PASSWORD)."""
+    from api.users import add_user
+
+    from api.settings import settings_from_config
+
+    cfg = _load(config)
+    _ensure_worker_key(cfg)
+    password = os.environ.get("PINGAN_NEW_PASSWORD") or typer.prompt(
+        "password", hide_input=True, confirmation_prompt=True
+    )
+    add_user(settings_from_config(cfg), username, password, role, scope or [])
+    typer.echo(f"user {username} ({role}) added")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Runs a process's camera workers around one shared set of detectors, one outbox and one sink."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.config import Camera, Config
+from pipeline.events import Event, ModelRef
+from pipeline.health import CameraHealth
+from pipeline.incidents import IncidentBuilder
+from pipeline.inference import InferenceScheduler
+from pipeline.plate_service import PlateService
+from pipeline.protocols import Detector, FrameSource
+from pipeline.redact import Redactor
+from pipeline.worker import CameraWorker
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 2.0
+
+
+class EvidenceRenderer:
+    """Adapts pipeline.evidence to what the incident builder asks for."""
+
+    def still(self, image: object, caption: list[str], boxes: list[tuple[tuple[float, ...], str]]) -> bytes:
+        from pipeline.evidence import render_still
+
+        return render_still(image, caption, boxes)  # type: ignore[arg-type]
+
+    def plate_crop(self, image: object, box: tuple[float, ...]) -> bytes | None:
+        from pipeline.evidence import crop_upscaled
+
+        x1, y1, x2, y2 = box
+        # Plates sit in the lower part of a vehicle's box; crop there and upscale so a reader can see it.
+        lower = (x1, y1 + (y2 - y1) * 0.45, x2, y2)
+        crop = crop_upscaled(image, lower, scale=3.0, min_size=240)  # type: ignore[arg-type]
+        if crop is None or crop.size == 0:
+            return None
+        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        return bytes(np.asarray(buf).tobytes()) if ok else None
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    cameras: list[Camera]
+    stop: threading.Event
+    redactor: Redactor
+    models_dir: Path = Path("models")
+    sink: object | None = None  # EventSink with put_status; default: HttpSink to the API
+    detectors: dict[str, Detector] | None = None
+    source_factory: object | None = None
+    inference_threads: int = 1
+    plate_reading: bool = True
+    workers: list[CameraWorker] = field(default_factory=list)
+
+    def start(self) -> None:
+        from pipeline.outbox import Outbox
+
+        cfg = self.config
+        data_dir = cfg.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if self.detectors is None:
+            self.detectors = self._load_detectors()
+        if self.sink is None:
+            from pipeline.sinks import HttpSink
+
+            self.sink = HttpSink(cfg.api.base_url, cfg.api.worker_key or "")
+        # The outbox outlives the workers at shutdown (it flushes what they left), so it has its own stop.
+        self._outbox_stop = threading.Event()
+        self.outbox = Outbox(data_dir / "outbox.db", self.sink, self._outbox_stop)  # type: ignore[arg-type]
+        self.scheduler = InferenceScheduler(self.detectors, self.stop, threads=self.inference_threads)
+        self.plates = self._plate_service()
+        factory = self.source_factory or self._open_source
+        for cam in self.cameras:
+            det = self.detectors[cam.models[0]]
+            builder = IncidentBuilder(
+                cam,
+                cfg.site,
+                EvidenceRenderer(),
+                self.outbox.put,
+                model=ModelRef(name=det.name, sha256=det.sha256),
+                request_plate=None,
+                vote=self._vote(),
+            )
+            if self.plates is not None:
+                builder.request_plate = self._plate_request(builder)
+            self.workers.append(
+                CameraWorker(cam, cfg.site, self.scheduler, builder, self.stop, factory)  # type: ignore[arg-type]
+            )
+        self.health = {w.camera.id: CameraHealth(w.camera, cfg.site) for w in self.workers}
+        self.scheduler.start()
+        if self.plates is not None:
+            self.plates.start()
+        for w in self.workers:
+            w.start()
+        self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
+        self._status_thread.start()
+        log.info("supervisor: %d camera(s) started", len(self.workers))
+
+    # ---- parts ------------------------------------------------------------------------------------
+
+    def _load_detectors(self) -> dict[str, Detector]:
+        from pipeline.detection import load_detector
+
+        names = sorted({m for c in self.cameras for m in c.models})
+        d = self.config.detector
+        return {
+            n: load_detector(
+                n,
+                self.models_dir,
+                providers=d.providers,
+                intra_op_threads=d.intra_op_threads,
+                precision=d.precision,
+            )
+            for n in names
+        }
+
+    def _open_source(self, camera: Camera, stop: threading.Event) -> FrameSource:
+        from pipeline.sources import open_source
+
+        return open_source(camera, stop, self.redactor)
+
+    def _plate_service(self) -> PlateService | None:
+        if not self.plate_reading or not any(
+            z.type.value in ("no_parking", "fire_lane") for c in self.cameras for z in c.zones
+        ):
+            return None
+        try:
+            from pipeline.plates import PlateReader
+
+            reader = PlateReader()
+        except Exception as err:  # the plates extra is optional
+            log.warning("plate reading unavailable: %s", err)
+            return None
+        return PlateService(reader, self.stop)
+
+    @staticmethod
+    def _vote():  # type: ignore[no-untyped-def]
+        try:
+            from pipeline.plates import vote
+
+            return vote
+        except ImportError:
+            return None
+
+    def _plate_request(self, builder: IncidentBuilder):  # type: ignore[no-untyped-def]
+        plates = self.plates
+        assert plates is not None
+
+        def request(key: str, image: object, box: tuple[float, ...]) -> None:
+            plates.request(image, box, lambda text, conf: builder.plate_read(key, text, conf))  # type: ignore[arg-type]
+
+        return request
+
+    # ---- health -----------------------------------------------------------------------------------
+
+    def _status_loop(self) -> None:
+        while not self.stop.wait(STATUS_EVERY_S):
+            self.report_status()
+
+    def report_status(self) -> None:
+        now_wall, now_mono = time.time(), time.monotonic()
+        for w in self.workers:
+            st = w.status()
+            event: Event | None = self.health[w.camera.id].update(st.source, now_wall, now_mono)
+            if event is not None:
+                self.outbox.put(event, {})
+            src = st.source
+            payload = {
+                "name": w.camera.name,
+                "state": src.state.value,
+                "reason": self.redactor.redact(src.reason) if src.reason else None,
+                "last_frame_at": src.last_frame_ts,
+                "fps": round(src.fps, 3),
+                "frames": src.frames,
+                "dropped": st.dropped,
+                "reconnects": src.reconnects,
+                "detections": st.detections,
+                "gated": st.gated,
+                "detector_ms": st.detector_ms,
+                "outbox_depth": self.outbox.depth(),
+            }
+            put_status = getattr(self.sink, "put_status", None)
+            if put_status is not None:
+                put_status(w.camera.id, payload)
+
+    # ---- shutdown ---------------------------------------------------------------------------------
+
+    def shutdown(self, timeout_s: float = 8.0) -> None:
+        """Stop the workers, then give the outbox what is left of the time to deliver."""
+        self.stop.set()
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers:
+            w.join(max(0.1, min(2.0, deadline - time.monotonic())))
+        self.scheduler.join(max(0.1, min(2.0, deadline - time.monotonic())))
+        if self.plates is not None:
+            self.plates.join(0.5)
+        self._status_thread.join(1.0)
+        self.outbox.flush(max(0.1, deadline - time.monotonic()))
+        self._outbox_stop.set()
+        self.outbox.close(max(0.5, deadline - time.monotonic()))
