@@ -29,3 +29,6 @@ class RuleSignal:
     confidence: float = 0.0
     severity: int = 1
     snapshot: bool = False  # the worker should keep a still of this frame for this key
+    # bins: ts of the last clean observation before the episode (the ideal "before" still, if the worker still
+    # holds that frame; BinRule.last_clean_ts tells it which frame to hold)
+    ref_ts: float | None = None

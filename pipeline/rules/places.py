@@ -1,0 +1,184 @@
+"""Stays keyed by *place*, not by track id: the shared core of the parking and bay rules.
+
+A detection first opens a *pending* place. When a later detection is found at the same place (anchor within
+``gate_frac`` × box size of the place's running-median anchor) at least ``still_s`` after the first one, the
+place becomes a *stay* (the vehicle is stationary there). A stay lives on while detections keep matching it;
+it ends once nothing has matched it for more than ``inertia_s`` — so missed detections, a person walking in
+front, or a tracker id switch neither end a stay nor start a second one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.detections import LABELS, Detections, box_iou
+
+_HISTORY = 31  # observations kept for the running medians
+
+
+@dataclass
+class Place:
+    first_ts: float
+    last_seen: float
+    anchors: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    boxes: deque[tuple[float, float, float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    key: str = ""  # set when the place becomes a stay
+    n_obs: int = 0
+    # the latest matching detection (what a still should show)
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    confidence: float = 0.0
+    track_id: int = -1
+    label: str = "vehicle"
+    # rule bookkeeping (parking): when the event opened, the next still/update, exemption
+    opened_ts: float | None = None
+    extra_still_ts: float | None = None
+    last_update_ts: float | None = None
+    exempt: bool = False
+
+    @property
+    def is_stay(self) -> bool:
+        return bool(self.key)
+
+    @property
+    def ref_anchor(self) -> tuple[float, float]:
+        a = np.asarray(self.anchors, np.float64)
+        return float(np.median(a[:, 0])), float(np.median(a[:, 1]))
+
+    @property
+    def ref_box(self) -> tuple[float, float, float, float]:
+        b = np.median(np.asarray(self.boxes, np.float64), axis=0)
+        return float(b[0]), float(b[1]), float(b[2]), float(b[3])
+
+    @property
+    def ref_size(self) -> float:
+        x0, y0, x1, y1 = self.ref_box
+        return float(np.sqrt(max(x1 - x0, 1.0) * max(y1 - y0, 1.0)))
+
+    def observe(self, ts: float, dets: Detections, i: int, *, reference: bool = True) -> None:
+        box = tuple(float(v) for v in dets.xyxy[i])
+        self.last_seen = ts
+        self.n_obs += 1
+        self.box = (box[0], box[1], box[2], box[3])
+        self.confidence = float(dets.confidence[i])
+        self.track_id = int(dets.track_id[i])
+        self.label = LABELS[int(dets.class_id[i])]
+        if reference or not self.anchors:
+            ax, ay = dets.anchors[i]
+            self.anchors.append((float(ax), float(ay)))
+            self.boxes.append(self.box)
+
+
+def greedy_match(cost: np.ndarray, valid: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs (row, col) by ascending cost among ``valid`` entries, each row and column used once."""
+    rows, cols = np.nonzero(valid)
+    order = np.argsort(cost[rows, cols], kind="stable")
+    used_r: set[int] = set()
+    used_c: set[int] = set()
+    out: list[tuple[int, int]] = []
+    for k in order:
+        r, c = int(rows[k]), int(cols[k])
+        if r in used_r or c in used_c:
+            continue
+        used_r.add(r)
+        used_c.add(c)
+        out.append((r, c))
+    return out
+
+
+class PlaceBook:
+    """Pending places and stays of one zone. ``observe`` matches one frame's (already filtered) detections."""
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        still_s: float,
+        inertia_s: float,
+        gate_frac: float = 0.3,
+        iou_gate: float = 0.5,
+        pending_ttl_s: float = 20.0,
+    ) -> None:
+        self.prefix = prefix
+        self.still_s = still_s
+        self.inertia_s = inertia_s
+        self.gate_frac = gate_frac
+        self.iou_gate = iou_gate
+        self.pending_ttl_s = pending_ttl_s
+        self.stays: list[Place] = []
+        self.pending: list[Place] = []
+        self._next = 1
+
+    def _match(
+        self, places: list[Place], dets: Detections, cols: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cost and validity of places × the detections ``cols``; anchor distance within the gate, or (for
+        stays, whose box is known well) a box overlap ≥ ``iou_gate``."""
+        if not places or len(cols) == 0:
+            z = np.zeros((len(places), len(cols)))
+            return z, z.astype(bool)
+        ref = np.asarray([p.ref_anchor for p in places], np.float64)
+        size = np.asarray([p.ref_size for p in places], np.float64)
+        anchors = dets.anchors[cols].astype(np.float64)
+        dsize = dets.sizes[cols].astype(np.float64)
+        dist = np.linalg.norm(ref[:, None, :] - anchors[None, :, :], axis=2)
+        scale = self.gate_frac * np.maximum(size[:, None], dsize[None, :])
+        near = dist <= scale
+        iou = box_iou(np.asarray([p.ref_box for p in places], np.float32), dets.xyxy[cols]).astype(np.float64)
+        overlap = iou >= self.iou_gate if places[0].is_stay else np.zeros_like(near)
+        cost = dist / np.maximum(scale, 1e-6) + (1.0 - iou)
+        return cost, near | overlap
+
+    def observe(self, ts: float, dets: Detections, may_start: np.ndarray) -> tuple[list[Place], list[Place]]:
+        """Match ``dets`` to stays (any detection may continue a stay) and to pending places (only those in
+        ``may_start``). Returns (stays seen this frame, stays that began this frame)."""
+        n = len(dets)
+        free = np.ones(n, bool)
+        seen: list[Place] = []
+        cols = np.arange(n)
+        cost, valid = self._match(self.stays, dets, cols)
+        for r, c in greedy_match(cost, valid):
+            place = self.stays[r]
+            gap = np.linalg.norm(np.asarray(place.ref_anchor) - dets.anchors[c])
+            anchor_ok = bool(gap <= self.gate_frac * place.ref_size)
+            place.observe(ts, dets, c, reference=anchor_ok)
+            free[c] = False
+            seen.append(place)
+        # a second box on a stay (a duplicate, or a part of the vehicle) must not start a second stay
+        if len(self.stays):
+            free &= ~valid.any(axis=0)
+        cols = np.nonzero(free & may_start)[0]
+        self.pending = [p for p in self.pending if ts - p.last_seen <= self.pending_ttl_s]
+        cost, valid = self._match(self.pending, dets, cols)
+        began: list[Place] = []
+        matched_cols: set[int] = set()
+        for r, c in greedy_match(cost, valid):
+            place = self.pending[r]
+            place.observe(ts, dets, int(cols[c]))
+            matched_cols.add(c)
+            if ts - place.first_ts >= self.still_s and place.n_obs >= 2:
+                place.key = f"{self.prefix}#{self._next}"
+                self._next += 1
+                began.append(place)
+        for c in range(len(cols)):
+            if c not in matched_cols:
+                p = Place(first_ts=ts, last_seen=ts)
+                p.observe(ts, dets, int(cols[c]))
+                self.pending.append(p)
+        if began:
+            self.pending = [p for p in self.pending if not p.is_stay]
+            self.stays.extend(began)
+        return seen, began
+
+    def expire(self, ts: float) -> list[Place]:
+        """Stays that nothing has matched for more than ``inertia_s``, removed from the book."""
+        gone = [p for p in self.stays if ts - p.last_seen > self.inertia_s]
+        if gone:
+            self.stays = [p for p in self.stays if ts - p.last_seen <= self.inertia_s]
+        return gone
+
+    def clear(self) -> list[Place]:
+        gone, self.stays, self.pending = self.stays, [], []
+        return gone
