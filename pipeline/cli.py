@@ -63,9 +63,25 @@ def _logging(cfg: Config | None, verbose: bool = False) -> object:
 
 
 def _ensure_worker_key(cfg: Config) -> None:
-    """Embedded runs need a key shared by worker and API; make one per run when none is configured."""
-    key = os.environ.get("PINGAN_WORKER_KEY") or cfg.api.worker_key
-    cfg.api.worker_key = key or secrets.token_urlsafe(32)
+    """Worker and API share one key: env, config, or (embedded) one generated once in the data dir."""
+    from api.settings import worker_key_for
+
+    cfg.api.worker_key = worker_key_for(cfg)
+
+
+def _ensure_admin(cfg: Config) -> None:
+    """The embedded default has one admin: PINGAN_ADMIN_PASSWORD, or a generated password printed once."""
+    from api.settings import settings_from_config
+    from api.users import admin_exists, ensure_admin
+
+    settings = settings_from_config(cfg)
+    password = os.environ.get("PINGAN_ADMIN_PASSWORD")
+    if password:
+        ensure_admin(settings, password)
+    elif not admin_exists(settings):
+        password = secrets.token_urlsafe(12)
+        ensure_admin(settings, password)
+        typer.echo(f"dashboard user 'admin' created with password: {password}  (shown once)", err=True)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -95,8 +111,8 @@ def config_schema_cmd() -> None:
 
 def _uvicorn_server(cfg: Config):  # type: ignore[no-untyped-def]
     import uvicorn
-    from api.app import create_app
 
+    from api.app import create_app
     from api.settings import settings_from_config
 
     application = create_app(settings_from_config(cfg))
@@ -126,6 +142,7 @@ def run(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
+        _ensure_admin(cfg)
         server = _uvicorn_server(cfg)
         api_thread = threading.Thread(target=server.run, name="api", daemon=True)
         api_thread.start()
@@ -277,9 +294,8 @@ def users_add(
     scope: Annotated[list[str] | None, typer.Option(help="camera id or grid prefix (repeatable)")] = None,
 ) -> None:
     """Create a dashboard user; the password is read from the terminal (or PINGAN_NEW_PASSWORD)."""
-    from api.users import add_user
-
     from api.settings import settings_from_config
+    from api.users import add_user
 
     cfg = _load(config)
     _ensure_worker_key(cfg)

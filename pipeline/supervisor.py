@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 2.0
 
 
+def plate_region(box: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """Plates sit in the lower part of a vehicle's box: crop there so the close-up and the reader see it."""
+    x1, y1, x2, y2 = box
+    return (x1, y1 + (y2 - y1) * 0.45, x2, y2)
+
+
 class EvidenceRenderer:
     """Adapts pipeline.evidence to what the incident builder asks for."""
 
@@ -37,11 +43,9 @@ class EvidenceRenderer:
     def plate_crop(self, image: object, box: tuple[float, ...]) -> bytes | None:
         from pipeline.evidence import crop_upscaled
 
-        x1, y1, x2, y2 = box
-        # Plates sit in the lower part of a vehicle's box; crop there and upscale so a reader can see it.
-        lower = (x1, y1 + (y2 - y1) * 0.45, x2, y2)
-        crop = crop_upscaled(image, lower, scale=3.0, min_size=240)  # type: ignore[arg-type]
-        if crop is None or crop.size == 0:
+        try:
+            crop = crop_upscaled(image, plate_region(box), scale=3.0, min_size=240)  # type: ignore[arg-type]
+        except ValueError:  # box outside the frame
             return None
         ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
         return bytes(np.asarray(buf).tobytes()) if ok else None
@@ -156,7 +160,7 @@ class Supervisor:
         assert plates is not None
 
         def request(key: str, image: object, box: tuple[float, ...]) -> None:
-            plates.request(image, box, lambda text, conf: builder.plate_read(key, text, conf))  # type: ignore[arg-type]
+            plates.request(image, plate_region(box), lambda text, conf: builder.plate_read(key, text, conf))  # type: ignore[arg-type]
 
         return request
 
