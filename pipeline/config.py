@@ -229,6 +229,27 @@ class StorageConfig(_Strict):
         return self.database_url or f"sqlite:///{self.data_dir / 'pingan.db'}"
 
 
+class BusConfig(_Strict):
+    """How workers deliver events: ``http`` to the API (one box), or ``nats`` JetStream (district scale-out)."""
+
+    kind: Literal["http", "nats"] = "http"
+    nats_url: Annotated[str, StringConstraints(min_length=7, max_length=2048)] = "nats://127.0.0.1:4222"
+    stream: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "PINGAN"
+    subject_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "pingan"
+
+    @field_validator("nats_url", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            for m in _ENV_RE.finditer(v):
+                if m.group(1) not in os.environ:
+                    raise ValueError(f"environment variable {m.group(1)} is not set")
+            v = _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
+            if not v.startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError("must be a nats://, tls://, ws:// or wss:// URL (comma-separated for a cluster)")
+        return v
+
+
 class SiteConfig(_Strict):
     id: Ident = "site"
     name: str = "pingan"
@@ -255,6 +276,7 @@ class Config(_Strict):
     site: SiteConfig = SiteConfig()
     api: ApiConfig = ApiConfig()
     storage: StorageConfig = StorageConfig()
+    bus: BusConfig = BusConfig()
     detector: DetectorConfig = DetectorConfig()
     cameras: list[Camera]
 
