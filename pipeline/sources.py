@@ -1,0 +1,495 @@
+"""Camera sources: RTSP streams and video files, decoded with PyAV, sampled at the camera's ``detect_fps``.
+
+One ``Source`` owns one stream and one reader thread (started by the first ``frames()`` call). The thread connects,
+demuxes, decodes only what the sampler needs, and hands frames over through a small queue; it reconnects by itself
+and never raises on stream faults. States (``SourceStatus.state``)::
+
+    connecting ──open ok, data──► running ──no data for stall_timeout_s──► stalled
+        ▲                           │  ▲                                     │
+        │                           │  └──────────── data again ─────────────┤
+        │            EOF / error    ▼                                        ▼ read times out
+        └──── wait (capped, jittered exponential) ◄──────── backoff ◄────────┘
+    stopped: close(), the shared stop event, or the end of a non-looping file.
+
+Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are decoded (non-key packets are not
+even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed; above it,
+every frame is decoded and only the sampled ones are converted to BGR. The keyframe interval is learnt from the
+packets (demuxing is ~0.03 ms a frame), so a connection starts in keyframe mode and switches at a keyframe.
+
+Timestamps: ``Frame.ts`` = wall time at the connection's first packet + (pts − first pts): the stream's own clock,
+anchored once per connection, never going backwards. Files that loop carry on from the last ``ts``.
+
+Hangs: FFmpeg's ``timeout`` option and PyAV's interrupt timeouts (``av.open(timeout=(open_s, read_s))`` with
+``read_s = stall_timeout_s / 2``; a blocked read fails after ~2 × read_s) end a read on a silent socket; a watchdog
+(run by ``status()`` and by the ``frames()`` loop) reports ``stalled`` once no packet came for ``stall_timeout_s``.
+Measured against a SIGSTOP'd GStreamer server: stalled at stall_timeout_s, backoff ~0.1 s later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+
+from pipeline.config import Camera, FileSource, RtspSource
+from pipeline.protocols import Frame, SourceState, SourceStatus
+from pipeline.redact import Redactor, mask_url
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_BACKOFF_BASE_S = 0.5
+_FPS_WINDOW_S = 10.0
+_NO_KEYFRAME_S = 10.0  # stream seconds without a flagged keyframe before we let the decoder decide
+
+
+class _Fault(Exception):
+    """A stream fault of one connection: where it happened, the cause, and whether frames had come."""
+
+    def __init__(self, phase: str, cause: BaseException, got_frames: bool) -> None:
+        super().__init__(phase)
+        self.phase, self.cause, self.got_frames = phase, cause, got_frames
+
+
+@dataclass(frozen=True, slots=True)
+class _Carry:
+    """What a looping file's next pass continues from: its clock, its sampling schedule, its keyframe rate."""
+
+    wall: float
+    mono: float
+    next_due: float | None
+    key_iv: float | None
+
+
+def _advance(next_due: float | None, ts: float, period: float, slack: float) -> float:
+    """The next sampling time after taking a frame at ``ts``; no catching up after a gap."""
+    if next_due is None or next_due + period <= ts - slack:
+        return ts + period
+    return next_due + period
+
+
+class Source:
+    """A ``FrameSource`` for one RTSP URL or video file. See the module docstring.
+
+    ``frames()`` may be iterated by one consumer; ``status()`` and ``close()`` may be called from any thread.
+    ``Frame.index`` counts video packets seen since the source was made (across reconnects).
+    ``SourceStatus.fps`` is the rate of frames delivered over the last 10 s; ``frames`` counts delivered frames;
+    ``dropped`` counts sampled frames discarded because the consumer lagged (live sources keep the newest two);
+    ``reconnects`` counts connection attempts after the first.
+    """
+
+    def __init__(
+        self,
+        target: str | Path,
+        *,
+        camera_id: str = "camera",
+        is_file: bool | None = None,
+        detect_fps: float = 1.0,
+        stall_timeout_s: float = 10.0,
+        open_timeout_s: float = 5.0,
+        backoff_max_s: float = 30.0,
+        transport: str = "tcp",
+        loop: bool = True,
+        realtime: bool = True,
+        stop: threading.Event | None = None,
+        redactor: Redactor | None = None,
+        queue_size: int = 2,
+    ) -> None:
+        target = str(target)
+        self.camera_id = camera_id
+        self.is_file = is_file if is_file is not None else "://" not in target
+        self._target = target
+        self.detect_fps = float(detect_fps)
+        self.period_s = 1.0 / self.detect_fps
+        self.stall_timeout_s = float(stall_timeout_s)
+        self.open_timeout_s = float(open_timeout_s)
+        self.read_timeout_s = max(0.5, self.stall_timeout_s / 2)
+        self.backoff_max_s = float(backoff_max_s)
+        self.transport = transport
+        self.loop = loop
+        self.realtime = realtime if self.is_file else True
+        self._stop = stop or threading.Event()
+        self._closed = threading.Event()
+        self._redactor = redactor or Redactor()
+        self.display = mask_url(target)
+
+        self._lock = threading.Lock()
+        self._state = SourceState.CONNECTING
+        self._since = time.monotonic()
+        self._reason: str | None = None
+        self._last_frame_ts: float | None = None
+        self._frames = 0
+        self._dropped = 0
+        self._reconnects = 0
+        self._emitted: deque[float] = deque(maxlen=64)
+        self._running_since = self._since
+        self._last_data = self._since  # monotonic time of the last packet
+
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
+        self._thread: threading.Thread | None = None
+        self._index = 0
+        self._carry: _Carry | None = None  # a looping file's next pass continues this
+        self._session_frames = 0
+
+    # ---- FrameSource ---------------------------------------------------------------------------------------
+
+    def frames(self) -> Iterator[Frame]:
+        """Sampled frames until ``close()``, the shared stop event, or the end of a non-looping file."""
+        self._start()
+        while True:
+            try:
+                item = self._q.get(timeout=0.25)
+            except queue.Empty:
+                self._watchdog(time.monotonic())
+                thread = self._thread
+                if self._stopping() and (thread is None or not thread.is_alive()):
+                    return
+                continue
+            if item is _END:
+                return
+            yield item
+
+    def status(self) -> SourceStatus:
+        now = time.monotonic()
+        self._watchdog(now)
+        with self._lock:
+            recent = [t for t in self._emitted if now - t <= _FPS_WINDOW_S]
+            span = min(_FPS_WINDOW_S, max(now - self._running_since, 1e-3))
+            fps = len(recent) / span if self._state in (SourceState.RUNNING, SourceState.STALLED) else 0.0
+            return SourceStatus(
+                state=self._state,
+                since=self._since,
+                reason=self._reason,
+                last_frame_ts=self._last_frame_ts,
+                fps=round(fps, 3),
+                frames=self._frames,
+                dropped=self._dropped,
+                reconnects=self._reconnects,
+            )
+
+    def close(self) -> None:
+        """Stop the reader thread (bounded by one read timeout) and release the stream. Idempotent."""
+        self._closed.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.open_timeout_s + 2 * self.read_timeout_s + 2.0)
+            if thread.is_alive():
+                log.warning("camera %s: reader thread did not stop in time", self.camera_id)
+        self._drain()
+        self._set_state(SourceState.STOPPED, self._reason if self._state is SourceState.STOPPED else None)
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals: life cycle -----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name=f"source-{self.camera_id}", daemon=True)
+        self._thread.start()
+
+    def _stopping(self) -> bool:
+        return self._closed.is_set() or self._stop.is_set()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when stopping. Wakes at once on close(), within 0.2 s on the shared stop."""
+        end = time.monotonic() + seconds
+        while not self._stopping():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._closed.wait(min(left, 0.2))
+        return True
+
+    def _set_state(self, state: SourceState, reason: str | None = None) -> None:
+        reason = self._redactor.redact(mask_url(reason)) if reason else None
+        with self._lock:
+            if state is self._state and reason == self._reason:
+                return
+            changed = state is not self._state
+            self._state, self._reason = state, reason
+            if changed:
+                self._since = time.monotonic()
+                if state is SourceState.RUNNING:
+                    self._running_since = self._since
+        if changed:
+            level = logging.INFO if state in (SourceState.RUNNING, SourceState.CONNECTING) else logging.WARNING
+            if state is SourceState.STOPPED:
+                level = logging.INFO
+            log.log(level, "camera %s: %s%s", self.camera_id, state.value, f" ({reason})" if reason else "")
+
+    def _watchdog(self, now: float) -> None:
+        if self._state is SourceState.RUNNING and now - self._last_data > self.stall_timeout_s:
+            self._set_state(SourceState.STALLED, f"no data for {now - self._last_data:.1f} s")
+
+    def _drain(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait()
+
+    def _run(self) -> None:
+        failures = 0
+        attempt = 0
+        looping = False  # a file starting its next pass: not a reconnect
+        try:
+            while not self._stopping():
+                if not looping:
+                    if attempt:
+                        with self._lock:
+                            self._reconnects += 1
+                    self._set_state(SourceState.CONNECTING)
+                attempt += 1
+                looping = False
+                eof = False
+                try:
+                    got_frames = self._session()
+                    eof = True
+                    reason = "end of file" if self.is_file else "stream ended (the server closed the connection)"
+                except _Fault as fault:  # never raise on stream faults
+                    reason = self._describe(fault.cause, fault.phase)
+                    got_frames = fault.got_frames
+                if self._stopping():
+                    break
+                if self.is_file and eof:
+                    if not self.loop:
+                        self._set_state(SourceState.STOPPED, "end of file")
+                        break
+                    if got_frames:
+                        failures, looping = 0, True
+                        continue  # loop the file at once
+                if got_frames:
+                    failures = 0
+                delay = min(self.backoff_max_s, _BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1.0)
+                failures = min(failures + 1, 30)
+                self._set_state(SourceState.BACKOFF, f"{reason}; retrying in {delay:.1f} s")
+                if self._wait(delay):
+                    break
+        except Exception as err:  # a bug, not a stream fault: report, don't kill the worker
+            log.exception("camera %s: reader thread failed", self.camera_id)
+            self._set_state(SourceState.STOPPED, f"internal error: {type(err).__name__}: {err}")
+        finally:
+            with self._lock:
+                reason = self._reason if self._state is SourceState.STOPPED else None
+            self._set_state(SourceState.STOPPED, reason)
+            self._put_end()
+
+    def _put_end(self) -> None:
+        while True:
+            try:
+                self._q.put(_END, timeout=0.2)
+                return
+            except queue.Full:
+                if self._stopping():  # nobody reads any more: make room
+                    self._drain()
+
+    def _describe(self, err: BaseException, phase: str) -> str:
+        if isinstance(err, av.error.HTTPUnauthorizedError):
+            return "authentication failed (401 Unauthorized): check the user name and password"
+        if isinstance(err, av.error.HTTPForbiddenError):
+            return "access forbidden (403)"
+        if isinstance(err, av.error.HTTPNotFoundError):
+            return "stream not found (404): check the path"
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(err, FileNotFoundError):
+            return "file not found"
+        if isinstance(err, av.error.ExitError | av.error.TimeoutError | TimeoutError):
+            if phase == "open":
+                return f"open timed out after {self.open_timeout_s:g} s"
+            return f"no data for {self.stall_timeout_s:g} s (read timed out)"
+        if phase == "open" and isinstance(err, av.error.InvalidDataError) and not self.is_file:
+            return "no valid answer from the server (hung, or not an H.264 RTSP stream)"
+        detail = getattr(err, "strerror", None) or str(err)
+        return f"{phase} failed: {type(err).__name__}: {detail}"
+
+    # ---- internals: one connection -------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        if self.is_file:
+            return av.open(self._target)
+        options = {
+            "rtsp_transport": self.transport,
+            "timeout": str(int(self.read_timeout_s * 1e6)),
+            "analyzeduration": "0",
+            "probesize": "32768",
+            "fpsprobesize": "0",
+        }
+        return av.open(self._target, options=options, timeout=(self.open_timeout_s, self.read_timeout_s))
+
+    def _session(self) -> bool:
+        """One connection: demux, decode, sample, deliver. Returns at EOF (True if it delivered frames)."""
+        self._session_frames = 0
+        try:
+            container = self._open()
+        except Exception as err:
+            raise _Fault("open", err, False) from err
+        with container:
+            try:
+                if not container.streams.video:
+                    raise av.error.InvalidDataError(0, "no video stream")
+                return self._pump(container)
+            except Exception as err:
+                raise _Fault("read", err, self._session_frames > 0) from err
+
+    def _pump(self, container: Any) -> bool:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        cc.thread_count = 1
+        cc.skip_frame = "NONKEY"
+        tb = float(stream.time_base)
+        rate = stream.guessed_rate or stream.average_rate
+        frame_iv = 1.0 / float(rate) if rate else 0.04
+        period = self.period_s
+
+        carry, self._carry = self._carry, None
+        full = False  # decode every frame? (decided once the keyframe interval is known)
+        synced = False  # seen the first keyframe of this connection
+        key_iv: float | None = carry.key_iv if carry else None
+        last_key_t: float | None = None
+        first_t: float | None = None
+        last_t = 0.0
+        next_due: float | None = carry.next_due if carry else None  # in Frame.ts (epoch) seconds
+        # the connection's clock: ts = wall0 + (t - t0); realtime files pace to mono0 + (t - t0)
+        wall0 = mono0 = t0 = 0.0
+        last_ts = self._last_frame_ts
+        stopping = self._stopping
+        qput = self._deliver
+        now = time.monotonic
+
+        if key_iv is not None and period < 0.9 * key_iv:
+            full = True
+            cc.skip_frame = "DEFAULT"
+        for pkt in container.demux(stream):
+            if stopping():
+                break
+            pts = pkt.pts if pkt.pts is not None else pkt.dts
+            if pts is None:  # the demuxer's flush packet
+                continue
+            self._last_data = now()
+            if self._state is not SourceState.RUNNING:
+                self._set_state(SourceState.RUNNING)
+            self._index += 1
+            last_t = t = pts * tb
+            if first_t is None:
+                first_t = t0 = t
+                if carry is not None:  # a looping file carries on where its last pass ended
+                    wall0, mono0 = carry.wall, carry.mono
+                else:
+                    wall0, mono0 = time.time(), now()
+                    if last_ts is not None and wall0 <= last_ts:
+                        wall0 = last_ts + frame_iv
+            key = pkt.is_keyframe
+            if key:
+                if last_key_t is not None and t > last_key_t:
+                    iv = t - last_key_t
+                    key_iv = iv if key_iv is None else 0.5 * key_iv + 0.5 * iv
+                    want_full = period < 0.9 * key_iv
+                    if want_full is not full:
+                        full = want_full
+                        cc.skip_frame = "DEFAULT" if full else "NONKEY"
+                        log.debug("camera %s: %s decode", self.camera_id, "full" if full else "keyframe-only")
+                last_key_t = t
+                synced = True
+            elif not synced:
+                if t - first_t < _NO_KEYFRAME_S:
+                    continue
+                synced = full = True  # the demuxer does not flag keyframes: let the decoder sort it out
+                cc.skip_frame = "DEFAULT"
+            if not full:
+                if not key:
+                    continue
+                tsk = wall0 + (t - t0)
+                slack = 0.5 * (key_iv or period)
+                if next_due is not None and tsk < next_due - slack:
+                    continue  # a keyframe we do not need: not even decoded
+                next_due = _advance(next_due, tsk, period, slack)
+            if self.is_file and self.realtime:
+                delay = mono0 + (t - t0) - now()
+                if delay > 0 and self._wait(delay):
+                    break
+                self._last_data = now()
+            try:
+                decoded = cc.decode(pkt)
+            except av.error.FFmpegError as err:  # a damaged packet: skip it, keep the connection
+                log.debug("camera %s: decode error: %s", self.camera_id, getattr(err, "strerror", err))
+                continue
+            for f in decoded:
+                ts = wall0 + ((f.pts * tb if f.pts is not None else t) - t0)
+                if full:
+                    slack = 0.5 * frame_iv
+                    if next_due is not None and ts < next_due - slack:
+                        continue  # decoded (it is a reference) but not converted
+                    next_due = _advance(next_due, ts, period, slack)
+                if last_ts is not None and ts <= last_ts:  # the stream's clock went back: re-anchor
+                    wall0 += last_ts + frame_iv - ts
+                    ts = last_ts + frame_iv
+                last_ts = ts
+                image = f.to_ndarray(format="bgr24")
+                qput(Frame(image=image, ts=ts, index=self._index, keyframe=bool(f.key_frame)))
+                self._session_frames += 1
+        if self.is_file and self.loop and first_t is not None:
+            end = last_t - t0 + frame_iv  # the next pass starts one frame after this one's last packet
+            self._carry = _Carry(wall0 + end, mono0 + end, next_due, key_iv)
+        return self._session_frames > 0
+
+    def _deliver(self, frame: Frame) -> None:
+        if self.realtime:  # live: keep the newest frames, count the ones the consumer missed
+            while True:
+                try:
+                    self._q.put_nowait(frame)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._q.get_nowait()
+                        with self._lock:
+                            self._dropped += 1
+        else:  # a replay: wait for the consumer
+            while not self._stopping():
+                try:
+                    self._q.put(frame, timeout=0.2)
+                    break
+                except queue.Full:
+                    self._last_data = time.monotonic()  # waiting for the consumer is not a stall
+            else:
+                return
+        t = time.monotonic()
+        with self._lock:
+            self._frames += 1
+            self._last_frame_ts = frame.ts
+            self._emitted.append(t)
+
+
+def open_source(camera: Camera, stop: threading.Event, redactor: Redactor | None = None) -> Source:
+    """The ``Source`` for a configured camera. Secrets in its URL are added to ``redactor`` (or a private one)."""
+    redactor = redactor or Redactor()
+    src = camera.source
+    common: dict[str, Any] = {
+        "camera_id": camera.id,
+        "detect_fps": camera.detect_fps,
+        "stall_timeout_s": camera.stall_timeout_s,
+        "open_timeout_s": camera.open_timeout_s,
+        "backoff_max_s": camera.backoff_max_s,
+        "stop": stop,
+        "redactor": redactor,
+    }
+    if isinstance(src, RtspSource):
+        redactor.add(*src.secrets())
+        return Source(src.resolved(), is_file=False, transport=src.transport, **common)
+    assert isinstance(src, FileSource)
+    return Source(src.path, is_file=True, loop=src.loop, realtime=src.realtime, **common)

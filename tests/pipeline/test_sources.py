@@ -1,0 +1,279 @@
+"""pipeline/sources.py against generated files and a real RTSP server (GStreamer, see tests/fixtures/rtsp.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from pipeline.config import Camera
+from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
+from pipeline.redact import Redactor
+from pipeline.sources import Source, open_source
+
+OFFLINE = (SourceState.STALLED, SourceState.BACKOFF, SourceState.CONNECTING)
+STALL_S = 2.0
+
+
+class Collector:
+    """Iterates a source's frames() in a thread, keeping (monotonic time, frame)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.got: list[tuple[float, Frame]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for f in self.source.frames():
+                self.got.append((time.monotonic(), f))
+        except BaseException as err:  # the test asserts there is none
+            self.error = err
+
+    def count(self) -> int:
+        return len(self.got)
+
+    def wait_frames(self, n: int, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        target = self.count() + n
+        while time.monotonic() < end:
+            if self.count() >= target:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.source.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        assert self.error is None
+
+
+def wait_state(source: Source, states: tuple[SourceState, ...], timeout: float) -> tuple[SourceStatus, float]:
+    t0 = time.monotonic()
+    while True:
+        st = source.status()
+        if st.state in states:
+            return st, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"state {st.state} (reason {st.reason!r}) after {timeout} s, wanted {states}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def no_thread_leak() -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    end = time.monotonic() + 5
+    while True:
+        extra = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+        if not extra or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    assert not extra, f"threads left running: {[t.name for t in extra]}"
+
+
+def rtsp_camera(url: str, **kw: Any) -> Camera:
+    base: dict[str, Any] = {
+        "id": "cam",
+        "name": "cam",
+        "source": {"url": url},
+        "detect_fps": 1.0,
+        "stall_timeout_s": STALL_S,
+        "open_timeout_s": 3.0,
+        "backoff_max_s": 1.0,
+    }
+    base.update(kw)
+    return Camera.model_validate(base)
+
+
+# ---- files ---------------------------------------------------------------------------------------------------
+
+
+def test_file_keyframe_mode_yields_about_detect_fps(parking_clip: Path, no_thread_leak: None) -> None:
+    src = Source(parking_clip, detect_fps=1.0, loop=False, realtime=False)
+    assert isinstance(src, FrameSource)
+    frames = list(src.frames())
+    src.close()
+    assert 9 <= len(frames) <= 11  # 10 s at 1 fps
+    assert all(f.keyframe for f in frames)  # keyframe mode (GOP = 1 s)
+    ts = [f.ts for f in frames]
+    assert all(b > a for a, b in zip(ts, ts[1:], strict=False))
+    assert all(abs((b - a) - 1.0) < 0.05 for a, b in zip(ts, ts[1:], strict=False))
+    assert frames[0].image.shape == (360, 640, 3) and frames[0].image.dtype.name == "uint8"
+    st = src.status()
+    assert st.state is SourceState.STOPPED and st.frames == len(frames) and st.reason == "end of file"
+
+
+def test_file_keyframe_mode_decodes_only_keyframes(parking_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import av.video.codeccontext as vcc
+
+    decoded: list[bool] = []
+    real = vcc.VideoCodecContext.decode
+
+    def counting(self: Any, packet: Any = None) -> Any:
+        decoded.append(bool(packet is not None and packet.is_keyframe))
+        return real(self, packet)
+
+    monkeypatch.setattr(vcc.VideoCodecContext, "decode", counting)
+    with Source(parking_clip, detect_fps=0.5, loop=False, realtime=False) as src:
+        frames = list(src.frames())
+    assert 4 <= len(frames) <= 6  # every 2nd keyframe
+    assert len(decoded) == len(frames) and all(decoded)  # skipped keyframes are not decoded either
+
+
+def test_file_full_mode_above_keyframe_rate(parking_clip: Path) -> None:
+    with Source(parking_clip, detect_fps=4.0, loop=False, realtime=False) as src:
+        frames = list(src.frames())
+    assert 36 <= len(frames) <= 41
+    assert any(not f.keyframe for f in frames)
+    gaps = [b.ts - a.ts for a, b in zip(frames, frames[1:], strict=False)]
+    assert min(gaps) > 0 and abs(sum(gaps) / len(gaps) - 0.25) < 0.03
+
+
+def test_file_loop_keeps_ts_increasing(parking_clip: Path, no_thread_leak: None) -> None:
+    src = Source(parking_clip, detect_fps=1.0, loop=True, realtime=False)
+    frames = []
+    for f in src.frames():
+        frames.append(f)
+        if len(frames) == 25:  # 2.5 passes of a 10 s clip
+            break
+    src.close()
+    gaps = [b.ts - a.ts for a, b in zip(frames, frames[1:], strict=False)]
+    assert all(0.9 < g < 1.2 for g in gaps), gaps
+    assert src.status().reconnects == 0  # looping is not reconnecting
+
+
+def test_file_realtime_paces_to_stream_rate(parking_clip: Path) -> None:
+    with Source(parking_clip, detect_fps=2.0, loop=False, realtime=True) as src:
+        t0 = time.monotonic()
+        it = src.frames()
+        frames = [next(it) for _ in range(4)]  # stream time 0, 0.5, 1.0, 1.5 s
+        elapsed = time.monotonic() - t0
+        it.close()
+    assert 1.2 < elapsed < 3.0
+    assert frames[-1].ts - frames[0].ts == pytest.approx(1.5, abs=0.05)
+
+
+def test_missing_file_backs_off_without_raising(tmp_path: Path) -> None:
+    src = Source(tmp_path / "nope.mp4", detect_fps=1.0, backoff_max_s=0.5)
+    c = Collector(src)
+    st, _ = wait_state(src, (SourceState.BACKOFF,), 5)
+    assert st.reason is not None and "file not found" in st.reason
+    c.close()
+    assert src.status().state is SourceState.STOPPED
+
+
+def test_shared_stop_event_ends_frames(parking_clip: Path, no_thread_leak: None) -> None:
+    stop = threading.Event()
+    src = Source(parking_clip, detect_fps=1.0, loop=True, realtime=True, stop=stop)
+    c = Collector(src)
+    assert c.wait_frames(1, 5)
+    stop.set()
+    c.thread.join(3)
+    assert not c.thread.is_alive()
+    c.close()
+
+
+# ---- RTSP ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.rtsp
+def test_rtsp_gets_frames(rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    src = open_source(rtsp_camera(srv.url("cam1")), threading.Event())
+    c = Collector(src)
+    assert c.wait_frames(3, 10)
+    st = src.status()
+    assert st.state is SourceState.RUNNING and st.frames >= 3 and st.last_frame_ts is not None
+    ts = [f.ts for _, f in c.got]
+    assert all(b > a for a, b in zip(ts, ts[1:], strict=False))
+    assert abs(ts[-1] - time.time()) < 3  # anchored to wall time
+    c.close()
+
+
+@pytest.mark.rtsp
+def test_rtsp_server_killed_then_back(
+    rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
+) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    src = open_source(rtsp_camera(srv.url("cam1")), threading.Event())
+    c = Collector(src)
+    assert c.wait_frames(2, 10)
+    srv.kill()
+    st, detect_s = wait_state(src, (SourceState.STALLED, SourceState.BACKOFF), STALL_S + 2)
+    assert st.reason
+    time.sleep(1.5)  # a few failed reconnects (connection refused)
+    assert src.status().state in OFFLINE
+    t_back = time.monotonic()
+    srv.start()
+    assert c.wait_frames(1, 10), f"no frames within 10 s of the server's return: {src.status()}"
+    back_s = time.monotonic() - t_back
+    st = src.status()
+    assert st.state is SourceState.RUNNING and st.reconnects >= 1
+    c.close()
+    logging.getLogger(__name__).info("kill detected in %.2f s; frames again %.2f s after restart", detect_s, back_s)
+
+
+@pytest.mark.rtsp
+def test_rtsp_hung_server_detected(
+    rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
+) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    src = open_source(rtsp_camera(srv.url("cam1")), threading.Event())
+    c = Collector(src)
+    assert c.wait_frames(2, 10)
+    srv.pause()
+    try:
+        st, detect_s = wait_state(src, (SourceState.STALLED, SourceState.BACKOFF), STALL_S + 2)
+        assert st.reason and "no data" in st.reason
+        # the blocked read gives up too: the source goes on to reconnect
+        wait_state(src, (SourceState.BACKOFF, SourceState.CONNECTING), STALL_S + 3)
+    finally:
+        srv.resume()
+    assert c.wait_frames(1, 12), f"no frames after the server resumed: {src.status()}"
+    c.close()
+    logging.getLogger(__name__).info("hang detected in %.2f s", detect_s)
+
+
+@pytest.mark.rtsp
+def test_rtsp_wrong_password_is_reported_masked(
+    rtsp_server: Callable[..., Any],
+    parking_clip: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    no_thread_leak: None,
+) -> None:
+    good, bad = "s3cr:t@pw/%x", "wr0ng:p@ss/%y"
+    srv = rtsp_server({"cam1": parking_clip}, auth=("viewer", good))
+    monkeypatch.setenv("PINGAN_T_GOOD", good)
+    monkeypatch.setenv("PINGAN_T_BAD", bad)
+    base = f"rtsp://viewer:{{pw}}@127.0.0.1:{srv.port}/cam1"
+    cam_ok = rtsp_camera(base.format(pw="${PINGAN_T_GOOD}"), id="ok")
+    cam_bad = rtsp_camera(base.format(pw="${PINGAN_T_BAD}"), id="bad")
+    caplog.set_level(logging.DEBUG)
+    redactor = Redactor()
+    stop = threading.Event()
+    bad_src, ok_src = open_source(cam_bad, stop, redactor), open_source(cam_ok, stop, redactor)
+    c_bad, c_ok = Collector(bad_src), Collector(ok_src)
+    st, _ = wait_state(bad_src, (SourceState.BACKOFF,), 10)
+    assert c_ok.wait_frames(2, 10)  # the other camera is unaffected
+    st = bad_src.status()
+    assert st.reason is not None and "authentication failed" in st.reason
+    assert ok_src.status().state is SourceState.RUNNING
+    c_bad.close()
+    c_ok.close()
+    texts = [s.reason or "" for s in (st, bad_src.status(), ok_src.status())] + [caplog.text]
+    texts += [r.getMessage() for r in caplog.records]
+    for secret in (good, bad, quote(good, safe=""), quote(bad, safe="")):
+        for text in texts:
+            assert secret not in text
+    assert set(redactor.secrets) >= {good, bad, quote(good, safe=""), quote(bad, safe="")}
