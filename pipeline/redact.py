@@ -1,10 +1,10 @@
 """Credential masking for everything that leaves a component: status reasons, log records, tracebacks.
 
 - ``mask_url(url)`` replaces the userinfo of a URL with ``***:***@``.
-- ``Redactor`` holds secret strings (raw and percent-encoded, e.g. from ``RtspSource.secrets()``) and masks them,
-  and any URL userinfo, in arbitrary text.
-- ``RedactingFilter`` is a ``logging.Filter`` that rewrites a record's message, arguments, exception and stack text.
-  Logger-level filters do not see records propagated from child loggers, so install it on *handlers*
+- ``Redactor`` holds secret strings (raw and percent-encoded, e.g. from ``RtspSource.secrets()``) and masks
+  them, and any URL userinfo, in arbitrary text.
+- ``RedactingFilter`` is a ``logging.Filter`` that rewrites a record's message, arguments, exception and stack
+  text. Logger-level filters do not see records propagated from child loggers, so install it on *handlers*
   (``Redactor.install()`` does that for the root logger's handlers).
 
 There is no module-level mutable state: the CLI creates one ``Redactor``, feeds it every camera's secrets, and
@@ -22,7 +22,9 @@ from urllib.parse import quote, unquote
 MASK = "***"
 # scheme://userinfo@  — userinfo is anything up to the last '@' before the host part ends.
 _USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@?#'\"<>]*)@")
-MIN_SECRET_LEN = 3  # shorter values would mask ordinary characters everywhere; URL userinfo is masked regardless
+MIN_SECRET_LEN = (
+    3  # shorter values would mask ordinary characters everywhere; URL userinfo is masked regardless
+)
 
 
 def mask_url(url: str) -> str:

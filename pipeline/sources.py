@@ -1,8 +1,8 @@
 """Camera sources: RTSP streams and video files, decoded with PyAV, sampled at the camera's ``detect_fps``.
 
-One ``Source`` owns one stream and one reader thread (started by the first ``frames()`` call). The thread connects,
-demuxes, decodes only what the sampler needs, and hands frames over through a small queue; it reconnects by itself
-and never raises on stream faults. States (``SourceStatus.state``)::
+One ``Source`` owns one stream and one reader thread (started by the first ``frames()`` call). The thread
+connects, demuxes, decodes only what the sampler needs, and hands frames over through a small queue; it
+reconnects by itself and never raises on stream faults. States (``SourceStatus.state``)::
 
     connecting ──open ok, data──► running ──no data for stall_timeout_s──► stalled
         ▲                           │  ▲                                     │
@@ -11,18 +11,20 @@ and never raises on stream faults. States (``SourceStatus.state``)::
         └──── wait (capped, jittered exponential) ◄──────── backoff ◄────────┘
     stopped: close(), the shared stop event, or the end of a non-looping file.
 
-Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are decoded (non-key packets are not
-even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed; above it,
-every frame is decoded and only the sampled ones are converted to BGR. The keyframe interval is learnt from the
-packets (demuxing is ~0.03 ms a frame), so a connection starts in keyframe mode and switches at a keyframe.
+Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are decoded (non-key packets are
+not even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed;
+above it, every frame is decoded and only the sampled ones are converted to BGR. The keyframe interval is
+learnt from the packets (demuxing is ~0.03 ms a frame), so a connection starts in keyframe mode and switches
+at a keyframe.
 
-Timestamps: ``Frame.ts`` = wall time at the connection's first packet + (pts − first pts): the stream's own clock,
-anchored once per connection, never going backwards. Files that loop carry on from the last ``ts``.
+Timestamps: ``Frame.ts`` = wall time at the connection's first packet + (pts − first pts): the stream's own
+clock, anchored once per connection, never going backwards. Files that loop carry on from the last ``ts``.
 
 Hangs: FFmpeg's ``timeout`` option and PyAV's interrupt timeouts (``av.open(timeout=(open_s, read_s))`` with
-``read_s = stall_timeout_s / 2``; a blocked read fails after ~2 × read_s) end a read on a silent socket; a watchdog
-(run by ``status()`` and by the ``frames()`` loop) reports ``stalled`` once no packet came for ``stall_timeout_s``.
-Measured against a SIGSTOP'd GStreamer server: stalled at stall_timeout_s, backoff ~0.1 s later.
+``read_s = stall_timeout_s / 2``; a blocked read fails after ~2 × read_s) end a read on a silent socket; a
+watchdog (run by ``status()`` and by the ``frames()`` loop) reports ``stalled`` once no packet came for
+``stall_timeout_s``. Measured against a SIGSTOP'd GStreamer server: stalled at stall_timeout_s, backoff ~0.1 s
+later.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import queue
 import random
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,8 +87,9 @@ class Source:
 
     ``frames()`` may be iterated by one consumer; ``status()`` and ``close()`` may be called from any thread.
     ``Frame.index`` counts video packets seen since the source was made (across reconnects).
-    ``SourceStatus.fps`` is the rate of frames delivered over the last 10 s; ``frames`` counts delivered frames;
-    ``dropped`` counts sampled frames discarded because the consumer lagged (live sources keep the newest two);
+    ``SourceStatus.fps`` is the rate of frames delivered over the last 10 s; ``frames`` counts delivered
+    frames; ``dropped`` counts sampled frames discarded because the consumer lagged (live sources keep the
+    newest two);
     ``reconnects`` counts connection attempts after the first.
     """
 
@@ -208,7 +212,7 @@ class Source:
         return self._closed.is_set() or self._stop.is_set()
 
     def _wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True when stopping. Wakes at once on close(), within 0.2 s on the shared stop."""
+        """Sleep up to ``seconds``; True when stopping. close() wakes it at once, the shared stop in 0.2 s."""
         end = time.monotonic() + seconds
         while not self._stopping():
             left = end - time.monotonic()
@@ -229,7 +233,9 @@ class Source:
                 if state is SourceState.RUNNING:
                     self._running_since = self._since
         if changed:
-            level = logging.INFO if state in (SourceState.RUNNING, SourceState.CONNECTING) else logging.WARNING
+            level = (
+                logging.INFO if state in (SourceState.RUNNING, SourceState.CONNECTING) else logging.WARNING
+            )
             if state is SourceState.STOPPED:
                 level = logging.INFO
             log.log(level, "camera %s: %s%s", self.camera_id, state.value, f" ({reason})" if reason else "")
@@ -260,7 +266,9 @@ class Source:
                 try:
                     got_frames = self._session()
                     eof = True
-                    reason = "end of file" if self.is_file else "stream ended (the server closed the connection)"
+                    reason = (
+                        "end of file" if self.is_file else "stream ended (the server closed the connection)"
+                    )
                 except _Fault as fault:  # never raise on stream faults
                     reason = self._describe(fault.cause, fault.phase)
                     got_frames = fault.got_frames
@@ -281,12 +289,13 @@ class Source:
                 if self._wait(delay):
                     break
         except Exception as err:  # a bug, not a stream fault: report, don't kill the worker
-            log.exception("camera %s: reader thread failed", self.camera_id)
+            trace = self._redactor.redact(traceback.format_exc())
+            log.error("camera %s: reader thread failed\n%s", self.camera_id, trace)
             self._set_state(SourceState.STOPPED, f"internal error: {type(err).__name__}: {err}")
         finally:
             with self._lock:
-                reason = self._reason if self._state is SourceState.STOPPED else None
-            self._set_state(SourceState.STOPPED, reason)
+                final = self._reason if self._state is SourceState.STOPPED else None
+            self._set_state(SourceState.STOPPED, final)
             self._put_end()
 
     def _put_end(self) -> None:
@@ -476,7 +485,7 @@ class Source:
 
 
 def open_source(camera: Camera, stop: threading.Event, redactor: Redactor | None = None) -> Source:
-    """The ``Source`` for a configured camera. Secrets in its URL are added to ``redactor`` (or a private one)."""
+    """The ``Source`` for a configured camera; its URL's secrets go into ``redactor`` (or a private one)."""
     redactor = redactor or Redactor()
     src = camera.source
     common: dict[str, Any] = {

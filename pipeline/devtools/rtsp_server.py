@@ -1,14 +1,14 @@
 #!/usr/bin/python3
-"""A small looping RTSP server for tests and the demo (GStreamer's RTSP server, run with Debian's /usr/bin/python3).
+"""A small looping RTSP server for tests and the demo: GStreamer's RTSP server, run by Debian's python3.
 
     /usr/bin/python3 pipeline/devtools/rtsp_server.py [--host 127.0.0.1] [--port 0] [--user U --password P]
                                                       NAME=FILE.mp4 [NAME=FILE.mp4 ...]
 
-Serves each MP4 (H.264) at ``rtsp://HOST:PORT/NAME`` forever, looping, without re-encoding: the file's access units
-are read once (``filesrc ! qtdemux ! h264parse``) and pushed in real time into ``appsrc ! h264parse !
-rtph264pay config-interval=1``; timestamps keep increasing across loops like a live camera. Media are shared (one
-pipeline per path for all clients). ``--user/--password`` require HTTP basic auth. When listening it prints one
-line ``READY rtsp://HOST:PORT`` to stdout (``--port 0`` picks a free port). SIGTERM/SIGINT stop it.
+Serves each MP4 (H.264) at ``rtsp://HOST:PORT/NAME`` forever, looping, without re-encoding: the file's access
+units are read once (``filesrc ! qtdemux ! h264parse``) and pushed in real time into ``appsrc ! h264parse !
+rtph264pay config-interval=1``; timestamps keep increasing across loops like a live camera. Media are shared
+(one pipeline per path for all clients). ``--user/--password`` require HTTP basic auth. When listening it
+prints one line ``READY rtsp://HOST:PORT`` to stdout (``--port 0`` picks a free port). SIGTERM/SIGINT stop it.
 
 Only the standard library and ``gi`` are imported: this file must not import the ``pipeline`` package.
 """
