@@ -201,6 +201,11 @@ class Source:
 
     # ---- internals: life cycle -----------------------------------------------------------------------------
 
+    def start(self) -> Source:
+        """Start the reader thread now (``frames()`` does it on first use), e.g. to report health early."""
+        self._start()
+        return self
+
     def _start(self) -> None:
         with self._lock:
             if self._thread is not None:
@@ -241,6 +246,9 @@ class Source:
             log.log(level, "camera %s: %s%s", self.camera_id, state.value, f" ({reason})" if reason else "")
 
     def _watchdog(self, now: float) -> None:
+        # files do not hang like sockets, and a paced or back-pressured file reader waits on purpose
+        if self.is_file:
+            return
         if self._state is SourceState.RUNNING and now - self._last_data > self.stall_timeout_s:
             self._set_state(SourceState.STALLED, f"no data for {now - self._last_data:.1f} s")
 
