@@ -64,7 +64,7 @@ class MemorySink:
             self.statuses.append((camera_id, dict(payload)))
         return True
 
-    def keys(self) -> list[tuple[str, int]]:
+    def acked(self) -> list[tuple[str, int]]:
         """(id, seq) of each acknowledged delivery, in delivery order (duplicates kept)."""
         with self._lock:
             return [(d.event.id, d.event.seq) for d in self.deliveries]
@@ -96,3 +96,128 @@ class FakeClock:
         with self._lock:
             self._wall += seconds
             self._mono += seconds
+
+
+class RecordingApi:
+    """A tiny stand-in for the pingan API's worker routes on 127.0.0.1 (stdlib ``http.server`` in a thread).
+
+    Records every request; de-duplicates messages by (id, seq) like the API (201 new, 200 duplicate) and
+    evidence by (id, name). ``script`` is a list of status codes answered to the next requests instead of
+    handling them (e.g. ``[503, 500]``); ``delay_s`` slows every answer; ``port`` may be fixed (to start after
+    a refusal).
+    Use as a context manager, or ``start()`` / ``stop()``.
+    """
+
+    def __init__(self, port: int = 0, delay_s: float = 0.0, script: list[int] | None = None) -> None:
+        self.port = port
+        self.delay_s = delay_s
+        self.script = list(script or [])
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []  # method, path, headers, body
+        self.messages: dict[tuple[str, int], dict[str, Any]] = {}
+        self.created: list[tuple[str, int]] = []  # (id, seq) of each 201, in order
+        self.evidence: dict[tuple[str, str], bytes] = {}
+        self.statuses: list[tuple[str, dict[str, Any]]] = []
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        import json
+        import time
+
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        with self.lock:
+            self.requests.append((method, path, headers, body))
+            if self.script:
+                return self.script.pop(0), b'{"detail": "scripted"}'
+            parts = path.strip("/").split("/")
+            if method == "POST" and parts == ["api", "events"]:
+                msg = json.loads(body)
+                key = (msg["id"], int(msg["seq"]))
+                if key in self.messages:
+                    return 200, b"{}"
+                self.messages[key] = msg
+                self.created.append(key)
+                return 201, b"{}"
+            if (
+                method == "PUT"
+                and len(parts) == 5
+                and parts[:2] == ["api", "events"]
+                and parts[3] == "evidence"
+            ):
+                if not any(k[0] == parts[2] for k in self.messages):
+                    return 404, b'{"detail": "no such event"}'
+                dup = (parts[2], parts[4]) in self.evidence
+                self.evidence[(parts[2], parts[4])] = body
+                return (200 if dup else 201), b"{}"
+            if (
+                method == "PUT"
+                and len(parts) == 4
+                and parts[:2] == ["api", "cameras"]
+                and parts[3] == "status"
+            ):
+                self.statuses.append((parts[2], json.loads(body)))
+                return 204, b""
+            return 404, b'{"detail": "not found"}'
+
+    def start(self) -> RecordingApi:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n) if n else b""
+                code, out = api._handle(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                if out:
+                    self.wfile.write(out)
+
+            do_POST = do_PUT = do_GET = _any
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def __enter__(self) -> RecordingApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
