@@ -1,0 +1,114 @@
+"""App factory: ``create_app(settings_from_config(cfg))``; run it with ``api.server.serve`` (or uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Mount
+
+from api.auth import auth_rules as _auth_rules
+from api.auth import public
+from api.broadcast import Broadcaster
+from api.db import make_engine, migrate
+from api.errors import install_handlers
+from api.http import LimitsMiddleware
+from api.routers import cameras, dashboard, events, evidence, live, violations
+from api.runtime import Runtime, RuntimeDep
+from api.settings import Settings
+from api.store import Store
+
+log = logging.getLogger("pingan.api")
+STATIC = Path(__file__).resolve().parent / "static"
+PUBLIC_PATHS = frozenset({"/healthz", "/login", "/logout", "/api/token", "/favicon.ico"})
+PUBLIC_MOUNTS = frozenset({"/static"})
+
+
+def _healthz(_: Annotated[None, Depends(public)], rt: RuntimeDep) -> JSONResponse:
+    try:
+        ok = rt.store.ping()
+    except Exception as err:  # the health check reports, it does not raise
+        log.warning("health check: database unreachable: %s", type(err).__name__)
+        ok = False
+    return JSONResponse(
+        {"status": "ok" if ok else "degraded", "database": ok}, status_code=200 if ok else 503
+    )
+
+
+def app_routes(app: FastAPI) -> list[BaseRoute]:
+    """Every route of the app, included routers flattened (FastAPI includes them lazily)."""
+    return [rc.original_route for rc in iter_route_contexts(app.routes)]
+
+
+def check_route_rules(app: FastAPI) -> None:
+    """Deny by default: every API route carries exactly one auth rule; public ones are on the allow-list."""
+    for route in app_routes(app):
+        if isinstance(route, APIRoute):
+            rules = _auth_rules(route.dependant)
+            if len(rules) != 1:
+                raise RuntimeError(f"route {route.path} has {len(rules)} auth rules; it needs exactly one")
+            if rules[0][0] == "public" and route.path not in PUBLIC_PATHS:
+                raise RuntimeError(f"route {route.path} is public but not on the public allow-list")
+        elif isinstance(route, Mount):
+            if route.path not in PUBLIC_MOUNTS:
+                raise RuntimeError(f"mount {route.path} is not on the public allow-list")
+        else:
+            raise RuntimeError(
+                f"route {getattr(route, 'path', route)} is not an APIRoute and has no auth rule"
+            )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API. The database is migrated (Alembic) and the configured cameras are synced at startup."""
+    engine = make_engine(settings.database_url)
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    rt = Runtime(
+        settings=settings,
+        store=Store(engine, settings.media_dir),
+        broadcaster=Broadcaster(settings.sse_queue_size),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(migrate, engine)
+        await run_in_threadpool(rt.store.sync_cameras, settings.cameras)
+        rt.broadcaster.bind(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            rt.broadcaster.close()
+            await asyncio.sleep(0)  # let open streams see the close and finish
+            engine.dispose()
+
+    app = FastAPI(
+        title="pingan",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
+    app.state.pingan = rt
+    install_handlers(app)
+    app.add_middleware(
+        LimitsMiddleware,
+        max_json_bytes=settings.max_json_bytes,
+        max_evidence_bytes=settings.max_evidence_bytes,
+    )
+    # live before events: /api/events/stream must win over /api/events/{event_id}
+    for module in (live, events, evidence, cameras, violations, dashboard):
+        app.include_router(module.router)
+    app.add_api_route("/healthz", _healthz, methods=["GET"], response_class=JSONResponse)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    check_route_rules(app)
+    return app

@@ -1,0 +1,186 @@
+"""Request (In) and response (Public) models. The event message itself is ``pipeline.events.Event``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from pipeline.events import Finite, ModelRef, TrackedObject, UtcDatetime
+
+CameraState = Literal["connecting", "running", "stalled", "backoff", "stopped"]
+Action = Literal["acknowledge", "dispatch", "resolve", "false_alarm", "reopen"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class CameraStatusIn(_In):
+    name: Annotated[str, StringConstraints(max_length=128)] | None = None
+    state: CameraState
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    last_frame_at: UtcDatetime | None = None
+    fps: Annotated[Finite, Field(ge=0, le=1000)] = 0.0
+    frames: Annotated[int, Field(ge=0, le=2**62)] = 0
+    dropped: Annotated[int, Field(ge=0, le=2**62)] = 0
+    reconnects: Annotated[int, Field(ge=0, le=2**62)] = 0
+
+
+class DispositionIn(_In):
+    action: Action
+    remark: Annotated[str, StringConstraints(max_length=1000, strip_whitespace=True)] | None = None
+
+
+class TokenIn(_In):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class TokenPublic(_Public):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class PutEventPublic(_Public):
+    id: str
+    seq: int
+    status: Literal["created", "updated", "stale", "duplicate"]
+
+
+class PutEvidencePublic(_Public):
+    event_id: str
+    name: str
+    sha256: str
+    size: int
+    status: Literal["created", "duplicate"]
+
+
+class EvidencePublic(_Public):
+    name: str
+    kind: str
+    sha256: str
+    taken_at: datetime
+    size: int | None = None
+    stored: bool
+    url: str | None = None
+
+
+class AuditPublic(_Public):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    from_state: str | None = None
+    to_state: str | None = None
+    remark: str | None = None
+
+
+class EventPublic(_Public):
+    id: str
+    type: str
+    state: str
+    camera_id: str
+    camera_name: str | None = None
+    zone_id: str | None = None
+    bin_id: str | None = None
+    bin_ids: list[str] = []
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    dwell_s: float
+    severity: int = 1
+    object: TrackedObject | None = None
+    model: ModelRef | None = None
+    grid: str | None = None
+    violation_code: str | None = None
+    seq: int
+    disposition: str
+    disposition_at: datetime | None = None
+    created_at: datetime
+    received_at: datetime
+    evidence: list[EvidencePublic] = []
+
+
+class EventDetailPublic(EventPublic):
+    history: list[AuditPublic] = []
+
+
+class EventPagePublic(_Public):
+    items: list[EventPublic]
+    next_cursor: str | None = None
+
+
+class DispositionPublic(_Public):
+    event: EventPublic
+    entry: AuditPublic
+
+
+class CameraPublic(_Public):
+    id: str
+    name: str
+    grid: str | None = None
+    state: str
+    health: Literal["ok", "degraded", "offline", "unknown"]
+    reason: str | None = None
+    last_frame_at: datetime | None = None
+    fps: float = 0.0
+    frames: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    reported_at: datetime | None = None
+    state_since: datetime | None = None
+
+
+class MePublic(_Public):
+    username: str
+    role: str
+    cameras: list[str] | None = None
+    grids: list[str] | None = None
+
+
+class ViolationPublic(_Public):
+    """Police view of an illegal-parking event; ``chain_sha256`` binds the record to its evidence hashes."""
+
+    id: str
+    camera_id: str
+    camera_name: str | None = None
+    zone_id: str | None = None
+    grid: str | None = None
+    violation_code: str | None = None
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    dwell_s: float
+    state: str
+    plate: str | None = None
+    plate_confidence: float | None = None
+    disposition: str
+    evidence: list[EvidencePublic] = []
+    chain_sha256: str
+
+
+class ViolationPagePublic(_Public):
+    items: list[ViolationPublic]
+    next_cursor: str | None = None
+
+
+def chain_hash(record: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of a violation record (its evidence sha256s included)."""
+
+    def _default(o: Any) -> str:
+        if isinstance(o, datetime):
+            return o.astimezone(UTC).isoformat()
+        raise TypeError(type(o).__name__)
+
+    canon = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+    return hashlib.sha256(canon.encode()).hexdigest()

@@ -1,0 +1,146 @@
+"""API settings (pydantic), built from ``pipeline.config.Config`` by :func:`settings_from_config`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from pipeline.config import BusConfig, Config
+
+# Secrets that ship in docs or examples; refusing them catches copy-paste deployments.
+_KNOWN_BAD_SECRETS = {"changeme", "secret", "change-me-please", "pingan", "default"}
+MIN_SECRET_LEN = 32
+SECRET_FILE = "api-secret.key"
+WORKER_KEY_FILE = "worker.key"
+
+
+class WorkerKey(BaseModel):
+    """A bearer key for workers; ``cameras`` None means every camera of the site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "worker"
+    key: SecretStr
+    cameras: frozenset[str] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _long(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("worker keys need at least 16 characters")
+        return v
+
+
+class CameraInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    name: str
+    grid: str | None = None
+    zones: list[str] = []
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str
+    media_dir: Path
+    secret: SecretStr
+    worker_keys: list[WorkerKey] = []
+    cameras: list[CameraInfo] = []
+    site_name: str = "pingan"
+    timezone: str = "Asia/Shanghai"
+    session_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 12 * 3600
+    cookie_secure: bool = False
+    max_json_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
+    max_evidence_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    sse_heartbeat_s: Annotated[float, Field(gt=0)] = 15.0
+    sse_queue_size: Annotated[int, Field(ge=1)] = 256
+    camera_stale_s: Annotated[float, Field(gt=0)] = 30.0
+    page_limit_max: Annotated[int, Field(ge=1)] = 500
+    site_id: str = "site"
+    bus: BusConfig = BusConfig()  # kind nats: consume events from JetStream (api.bus_consumer)
+
+    @field_validator("secret")
+    @classmethod
+    def _strong(cls, v: SecretStr) -> SecretStr:
+        s = v.get_secret_value()
+        if len(s) < MIN_SECRET_LEN:
+            raise ValueError(f"the session secret needs at least {MIN_SECRET_LEN} characters")
+        if s.lower() in _KNOWN_BAD_SECRETS or len(set(s)) < 8:
+            raise ValueError("the session secret is a default or trivially guessable value")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("sqlite:", "postgresql")):
+            raise ValueError("database_url must be sqlite:/// or postgresql+psycopg://")
+        if v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        return v
+
+    def camera_ids(self) -> set[str]:
+        return {c.id for c in self.cameras}
+
+
+def _read_or_create(path: Path, nbytes: int) -> str:
+    """Read a secret from ``path`` or create it (mode 0600) with ``nbytes`` of randomness."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(value + "\n")
+    os.replace(tmp, path)
+    return value
+
+
+def session_secret(cfg: Config) -> str:
+    """``PINGAN_SECRET`` if set, else a random secret kept in ``<data_dir>/api-secret.key`` (created once)."""
+    return os.environ.get("PINGAN_SECRET") or _read_or_create(cfg.storage.data_dir / SECRET_FILE, 48)
+
+
+def worker_key_for(cfg: Config) -> str:
+    """The worker key both sides use: env ``PINGAN_WORKER_KEY``, else ``api.worker_key``, else one
+    generated once and kept in ``<data_dir>/worker.key`` (embedded: worker and API share a data dir)."""
+    return (
+        os.environ.get("PINGAN_WORKER_KEY")
+        or cfg.api.worker_key
+        or _read_or_create(cfg.storage.data_dir / WORKER_KEY_FILE, 32)
+    )
+
+
+def settings_from_config(cfg: Config, **overrides: object) -> Settings:
+    """API settings for one site. The single configured worker key is scoped to the cameras of the config."""
+    data_dir = cfg.storage.data_dir
+    values: dict[str, object] = {
+        "database_url": cfg.storage.db_url(),
+        "media_dir": data_dir / "media",
+        "secret": session_secret(cfg),
+        "worker_keys": [
+            WorkerKey(
+                name="worker",
+                key=SecretStr(worker_key_for(cfg)),
+                cameras=frozenset(c.id for c in cfg.cameras),
+            )
+        ],
+        "cameras": [
+            CameraInfo(id=c.id, name=c.name, grid=c.grid or cfg.site.grid, zones=[z.id for z in c.zones])
+            for c in cfg.cameras
+        ],
+        "site_name": cfg.site.name,
+        "timezone": cfg.site.timezone,
+        "site_id": cfg.site.id,
+        "bus": cfg.bus,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)

@@ -1,0 +1,218 @@
+"use strict";
+/* Dashboard: live event list (EventSource), event detail with evidence and disposition, camera health grid.
+   Everything from the server is written with textContent (never innerHTML). */
+(function () {
+  var t = I18N.t;
+  var NEXT = {
+    "new": ["acknowledge", "dispatch", "false_alarm"],
+    "acknowledged": ["dispatch", "resolve", "false_alarm"],
+    "dispatched": ["resolve", "false_alarm"],
+    "resolved": ["reopen"],
+    "false_alarm": ["reopen"]
+  };
+  var state = { me: null, events: new Map(), selected: null, cursor: null, cameras: new Map() };
+  var $ = function (id) { return document.getElementById(id); };
+
+  function el(tag, attrs, text) {
+    var e = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function fmtTime(s) {
+    if (!s) return "–";
+    var d = new Date(s);
+    return d.toLocaleString(I18N.lang(), { hour12: false });
+  }
+  function fmtDwell(s) {
+    var n = Math.round(Number(s) || 0);
+    if (n < 120) return n + " " + t("seconds");
+    var m = Math.floor(n / 60);
+    return m + ":" + String(n % 60).padStart(2, "0");
+  }
+  function api(path, opts) {
+    opts = opts || {};
+    opts.credentials = "same-origin";
+    opts.headers = Object.assign({ "X-Pingan-Csrf": "1" }, opts.headers || {});
+    return fetch(path, opts).then(function (r) {
+      if (r.status === 401) { location.href = "/login"; throw new Error("login"); }
+      return r.json().then(function (body) {
+        if (!r.ok) { var e = new Error(body.message || r.status); e.body = body; throw e; }
+        return body;
+      });
+    });
+  }
+
+  /* ---- event list ---- */
+  function rowFor(ev) {
+    var tr = el("tr", { "data-event-id": ev.id, "data-disposition": ev.disposition });
+    tr.appendChild(el("td", {}, fmtTime(ev.started_at)));
+    tr.appendChild(el("td", {}, t("type." + ev.type)));
+    tr.appendChild(el("td", {}, ev.camera_name || ev.camera_id));
+    tr.appendChild(el("td", {}, ev.zone_id || "–"));
+    tr.appendChild(el("td", {}, fmtDwell(ev.dwell_s)));
+    tr.appendChild(el("td", {}, t("state." + ev.state)));
+    var td = el("td");
+    td.appendChild(el("span", { "class": "badge " + ev.disposition }, t("disp." + ev.disposition)));
+    tr.appendChild(td);
+    if (ev.id === state.selected) tr.classList.add("selected");
+    tr.addEventListener("click", function () { select(ev.id); });
+    return tr;
+  }
+  function upsert(ev, fresh) {
+    var known = state.events.has(ev.id);
+    state.events.set(ev.id, ev);
+    var body = $("events");
+    var old = body.querySelector('tr[data-event-id="' + ev.id + '"]');
+    var tr = rowFor(ev);
+    if (old) { body.replaceChild(tr, old); }
+    else if (fresh) { body.insertBefore(tr, body.firstChild); }
+    else { body.appendChild(tr); }
+    if (fresh && !known) tr.classList.add("fresh");
+    $("empty").hidden = state.events.size > 0;
+  }
+  function loadList(reset) {
+    var q = "/api/events?limit=50" + (!reset && state.cursor ? "&cursor=" + encodeURIComponent(state.cursor) : "");
+    return api(q).then(function (page) {
+      if (reset) { $("events").textContent = ""; state.events.clear(); }
+      page.items.forEach(function (ev) { upsert(ev, false); });
+      state.cursor = page.next_cursor;
+      $("more").hidden = !page.next_cursor;
+      $("empty").hidden = state.events.size > 0;
+    });
+  }
+
+  /* ---- detail ---- */
+  function select(id) {
+    state.selected = id;
+    document.querySelectorAll("#events tr").forEach(function (tr) {
+      tr.classList.toggle("selected", tr.getAttribute("data-event-id") === id);
+    });
+    return api("/api/events/" + encodeURIComponent(id)).then(renderDetail);
+  }
+  function field(dl, key, value) {
+    dl.appendChild(el("dt", {}, t(key)));
+    dl.appendChild(el("dd", { "data-field": key }, value));
+  }
+  function renderDetail(ev) {
+    if (ev.id !== state.selected) return;
+    $("detail-empty").hidden = true;
+    $("detail-body").hidden = false;
+    $("detail").setAttribute("data-event-id", ev.id);
+    var dl = $("detail-fields");
+    dl.textContent = "";
+    field(dl, "type", t("type." + ev.type));
+    field(dl, "camera", ev.camera_name || ev.camera_id);
+    field(dl, "zone", ev.zone_id || "–");
+    field(dl, "grid", ev.grid || "–");
+    field(dl, "started", fmtTime(ev.started_at));
+    field(dl, "ended", fmtTime(ev.ended_at));
+    field(dl, "dwell", fmtDwell(ev.dwell_s));
+    field(dl, "state", t("state." + ev.state));
+    field(dl, "disposition", t("disp." + ev.disposition));
+    var plate = ev.object && ev.object.plate;
+    if (plate) field(dl, "plate", plate.text);
+    var evid = $("evidence");
+    evid.textContent = "";
+    ev.evidence.forEach(function (e) {
+      if (!e.url) return;
+      var img = el("img", { src: e.url, alt: e.name, title: e.kind + " · " + fmtTime(e.taken_at) });
+      evid.appendChild(img);
+    });
+    var hist = $("history");
+    hist.textContent = "";
+    (ev.history || []).forEach(function (h) {
+      var li = el("li", { "data-action": h.action, "data-to": h.to_state || "" });
+      li.textContent = fmtTime(h.at) + " · " + h.actor + " · " + t("disp." + h.from_state) + " → " +
+        t("disp." + h.to_state) + (h.remark ? " · " + h.remark : "");
+      hist.appendChild(li);
+    });
+    var canAct = state.me && (state.me.role === "operator" || state.me.role === "admin");
+    $("actions").hidden = !canAct;
+    var buttons = $("action-buttons");
+    buttons.textContent = "";
+    if (canAct) {
+      (NEXT[ev.disposition] || []).forEach(function (action) {
+        var b = el("button", { type: "button", "data-action": action }, t("act." + action));
+        b.addEventListener("click", function () { act(ev.id, action); });
+        buttons.appendChild(b);
+      });
+    }
+  }
+  function act(id, action) {
+    var remark = $("remark").value.trim();
+    $("action-error").hidden = true;
+    api("/api/events/" + encodeURIComponent(id) + "/disposition", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ action: action, remark: remark || null })
+    }).then(function (out) {
+      $("remark").value = "";
+      upsert(out.event, false);
+      return select(id);
+    }).catch(function (err) {
+      $("action-error").textContent = t("error") + ": " + err.message;
+      $("action-error").hidden = false;
+    });
+  }
+
+  /* ---- cameras ---- */
+  function renderCamera(c) {
+    state.cameras.set(c.id, c);
+    var grid = $("cameras");
+    var tile = el("div", { "class": "cam " + c.health, "data-camera-id": c.id, "data-health": c.health });
+    tile.appendChild(el("strong", {}, c.name));
+    tile.appendChild(el("small", {}, t("health." + c.health) + (c.fps ? " · " + c.fps.toFixed(1) + " fps" : "")));
+    if (c.reason) tile.appendChild(el("small", {}, c.reason));
+    var old = grid.querySelector('[data-camera-id="' + c.id + '"]');
+    if (old) grid.replaceChild(tile, old); else grid.appendChild(tile);
+  }
+  function loadCameras() {
+    if (!state.me || state.me.role === "police") { $("cameras-panel").hidden = true; return Promise.resolve(); }
+    return api("/api/cameras").then(function (list) { $("cameras").textContent = ""; list.forEach(renderCamera); });
+  }
+
+  /* ---- live ---- */
+  function connect() {
+    var es = new EventSource("/api/events/stream");
+    var first = true;
+    es.onopen = function () {
+      $("conn").className = "conn up"; $("conn").setAttribute("data-i18n", "live"); $("conn").textContent = t("live");
+      if (!first) { loadList(true); loadCameras(); }  // catch up on what a reconnect missed
+      first = false;
+    };
+    es.onerror = function () {
+      $("conn").className = "conn down"; $("conn").setAttribute("data-i18n", "offline");
+      $("conn").textContent = t("offline");
+    };
+    es.addEventListener("event", function (m) { upsert(JSON.parse(m.data), true); refreshSelected(JSON.parse(m.data).id); });
+    es.addEventListener("disposition", function (m) {
+      var d = JSON.parse(m.data);
+      upsert(d.event, false);
+      refreshSelected(d.event.id);
+    });
+    es.addEventListener("camera", function (m) { renderCamera(JSON.parse(m.data)); });
+    es.addEventListener("bye", function () { es.close(); setTimeout(connect, 3000); });
+    window.pinganStream = es;
+  }
+  function refreshSelected(id) { if (id === state.selected) select(id); }
+
+  function rerender() {
+    var body = $("events");
+    var rows = Array.from(body.querySelectorAll("tr")).map(function (tr) { return tr.getAttribute("data-event-id"); });
+    body.textContent = "";
+    rows.forEach(function (id) { var ev = state.events.get(id); if (ev) body.appendChild(rowFor(ev)); });
+    state.cameras.forEach(renderCamera);
+    if (state.selected) select(state.selected);
+  }
+
+  document.getElementById("lang").addEventListener("click", function () { I18N.toggle(); });
+  document.getElementById("more").addEventListener("click", function () { loadList(false); });
+  document.addEventListener("langchange", rerender);
+  $("remark").setAttribute("placeholder", t("remark"));
+  I18N.apply(document);
+  api("/api/me").then(function (me) {
+    state.me = me;
+    $("who").textContent = me.username + " · " + t("role." + me.role);
+    return Promise.all([loadList(true), loadCameras()]);
+  }).then(connect);
+})();
