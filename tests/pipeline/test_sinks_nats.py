@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import time
@@ -55,15 +56,15 @@ def nbus(nats_url: str) -> Iterator[Bus]:
 
     async def cleanup(js: Any) -> None:
         for name in (b.stream, f"OBJ_{bus.evidence_bucket(b.prefix)}"):
-            try:
+            with contextlib.suppress(Exception):
                 await js.delete_stream(name)
-            except Exception:
-                pass
 
     b.run(cleanup)
 
 
-def event(camera: str = "gate.east", seq: int = 0, evidence: list[Evidence] | None = None, **kw: Any) -> Event:
+def event(
+    camera: str = "gate.east", seq: int = 0, evidence: list[Evidence] | None = None, **kw: Any
+) -> Event:
     start = datetime.now(UTC) - timedelta(minutes=5)
     values: dict[str, Any] = {
         "id": str(uuid7()), "type": "illegal_parking", "state": "open" if seq == 0 else "update",
