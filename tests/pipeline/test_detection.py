@@ -1,0 +1,171 @@
+"""The ONNX Runtime detector: providers, precision, real inference on real footage, import hygiene."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from pipeline.detection import OnnxDetector, choose_precision, choose_providers, load_detector
+from pipeline.detections import PERSON, VEHICLE, box_iou
+from pipeline.errors import DetectorError, ModelError
+from pipeline.manifest import Variant, load_manifest
+from pipeline.protocols import Detector
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+# Real footage from Debian's opencv-doc package (Apache-2.0/BSD), never downloaded by the tests.
+BUS_JPG = Path("/usr/share/doc/opencv-doc/opencv4/html/pexels_double_decker_bus.jpg")
+VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+def _require(path: Path) -> Path:
+    """Skip where opencv-doc is not installed, but fail under CI, which must have it."""
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing (install Debian's opencv-doc; CI requires it)")
+        pytest.skip(f"{path} not installed (Debian opencv-doc)")
+    return path
+
+
+def _bus() -> npt.NDArray[np.uint8]:
+    import cv2
+
+    image = cv2.imread(str(_require(BUS_JPG)))
+    assert image is not None
+    return image
+
+
+def _vtest_frame0() -> npt.NDArray[np.uint8]:
+    import av
+
+    with av.open(str(_require(VTEST_AVI))) as container:
+        frame = next(container.decode(video=0))
+        return frame.to_ndarray(format="bgr24")
+
+
+@pytest.fixture(scope="module")
+def detector() -> OnnxDetector:
+    return load_detector("vehicles", MODELS, providers=["cpu"], precision="fp32")
+
+
+# ---- providers and precision ----------------------------------------------------------------------------
+
+ALL = [
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+]
+
+
+def test_provider_order_prefers_tensorrt_then_cuda_then_openvino() -> None:
+    assert choose_providers(None, list(reversed(ALL))) == ALL
+    assert choose_providers(None, ["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert choose_providers(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_requested_providers_override_and_cpu_is_the_fallback() -> None:
+    assert choose_providers(["openvino", "cuda"], ALL) == [
+        "OpenVINOExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert choose_providers(["cuda"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers(["cpu"], ALL) == ["CPUExecutionProvider"]
+
+
+def test_auto_precision_picks_int8_on_cpu_fp16_on_gpu_when_listed() -> None:
+    entry = load_manifest(MODELS).models["vehicles"]
+    bare = entry.model_copy(update={"variants": {}})
+    assert choose_precision(bare, ["CPUExecutionProvider"], "auto") == "fp32"
+    assert choose_precision(bare, ["CUDAExecutionProvider"], "auto") == "fp32"
+    v = Variant(file="x.onnx", sha256="0" * 64)
+    both = entry.model_copy(update={"variants": {"int8": v, "fp16": v}})
+    assert choose_precision(both, ["CPUExecutionProvider"], "auto") == "int8"
+    assert choose_precision(both, ["OpenVINOExecutionProvider", "CPUExecutionProvider"], "auto") == "int8"
+    assert choose_precision(both, ["CUDAExecutionProvider", "CPUExecutionProvider"], "auto") == "fp16"
+    assert choose_precision(both, ["CPUExecutionProvider"], "fp32") == "fp32"
+
+
+def test_unlisted_precision_is_a_model_error() -> None:
+    entry = load_manifest(MODELS).models["vehicles"]
+    if "fp16" in entry.variants:
+        pytest.skip("manifest lists fp16")
+    with pytest.raises(ModelError, match="no fp16 variant"):
+        load_detector("vehicles", MODELS, providers=["cpu"], precision="fp16")
+
+
+def test_altered_model_fails_at_load(tmp_path: Path) -> None:
+    shutil.copy(MODELS / "manifest.yaml", tmp_path / "manifest.yaml")
+    for f in MODELS.glob("vehicles-*.onnx"):
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (tmp_path / f.name).write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        load_detector("vehicles", tmp_path, providers=["cpu"])
+
+
+# ---- the detector ---------------------------------------------------------------------------------------
+
+
+def test_detector_implements_protocol(detector: OnnxDetector) -> None:
+    assert isinstance(detector, Detector)
+    assert detector.name == "vehicles"
+    assert detector.sha256 == load_manifest(MODELS).models["vehicles"].sha256
+    assert detector.providers[0] == "CPUExecutionProvider"
+    assert detector.detect([]) == []
+
+
+def test_finds_the_double_decker_bus(detector: OnnxDetector) -> None:
+    image = _bus()
+    (d,) = detector.detect([image])
+    vehicles = d.with_labels("vehicle")
+    assert len(vehicles) >= 1
+    # The bus spans about x 62–465, y 113–388 of the 546×413 photo.
+    iou = box_iou(vehicles.xyxy, np.array([[62, 113, 465, 388]], np.float32))[:, 0]
+    best = int(np.argmax(iou))
+    assert iou[best] > 0.7 and vehicles.confidence[best] > 0.6
+    assert d.xyxy[:, [0, 2]].max() <= image.shape[1] and d.xyxy[:, [1, 3]].max() <= image.shape[0]
+
+
+def test_finds_parked_vehicles_in_vtest_frame0(detector: OnnxDetector) -> None:
+    (d,) = detector.detect([_vtest_frame0()])
+    vehicles = d.with_labels("vehicle")
+    # The van and the car parked at the top right of the plaza (x > 600, y < 120 in the 768×576 frame).
+    parked = vehicles[(vehicles.centers[:, 0] > 600) & (vehicles.centers[:, 1] < 120)]
+    assert len(parked) >= 2
+    assert (d.class_id == PERSON).sum() >= 2  # and pedestrians, labelled person
+    assert set(d.class_id.tolist()) <= {VEHICLE, PERSON}
+
+
+def test_batch_equals_one_by_one(detector: OnnxDetector) -> None:
+    images = [_bus(), _vtest_frame0()]
+    batched = detector.detect(images)
+    single = [detector.detect([im])[0] for im in images]
+    for a, b in zip(batched, single, strict=True):
+        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+        np.testing.assert_array_equal(a.class_id, b.class_id)
+
+
+def test_bad_image_is_a_detector_error(detector: OnnxDetector) -> None:
+    with pytest.raises(DetectorError, match="uint8 BGR"):
+        detector.detect([np.zeros((10, 10), np.uint8)])
+
+
+def test_import_does_not_pull_training_frameworks() -> None:
+    code = (
+        "import sys, pipeline.detection, pipeline.adapters, pipeline.manifest\n"
+        "heavy = sorted(m for m in ('torch', 'ultralytics', 'tensorflow') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
