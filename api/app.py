@@ -82,9 +82,18 @@ def create_app(settings: Settings) -> FastAPI:
         await run_in_threadpool(migrate, engine)
         await run_in_threadpool(rt.store.sync_cameras, settings.cameras)
         rt.broadcaster.bind(asyncio.get_running_loop())
+        consumer = None
+        if settings.bus.kind == "nats":  # district: events arrive over NATS JetStream (api.bus_consumer)
+            from api.bus_consumer import BusConsumer
+
+            consumer = BusConsumer(rt)
+            app.state.bus_consumer = consumer
+            await consumer.start()
         try:
             yield
         finally:
+            if consumer is not None:
+                await consumer.stop()
             rt.broadcaster.close()
             await asyncio.sleep(0)  # let open streams see the close and finish
             engine.dispose()

@@ -117,8 +117,9 @@ class BusConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("NATS bus %s: %s: %s; retrying in %.1f s", self._masked, type(e).__name__, e,
-                            delay)
+                log.warning(
+                    "NATS bus %s: %s: %s; retrying in %.1f s", self._masked, type(e).__name__, e, delay
+                )
                 await self._close_quietly()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
@@ -176,8 +177,13 @@ class BusConsumer:
             self._relay_sub = self.rt.broadcaster.subscribe(lambda m: "relay" not in m.meta)
             self._relay_task = asyncio.create_task(self._relay(self._relay_sub), name="bus-live-relay")
         self.ready.set()
-        log.info("NATS bus %s: consuming %s as %s (replica %s)", self._masked, self.stream, self.durable,
-                 self.replica_id)
+        log.info(
+            "NATS bus %s: consuming %s as %s (replica %s)",
+            self._masked,
+            self.stream,
+            self.durable,
+            self.replica_id,
+        )
         return psub
 
     # ---- events ---------------------------------------------------------------------------------
@@ -209,8 +215,9 @@ class BusConsumer:
         try:
             ev = Event.model_validate_json(msg.data)
         except ValidationError as e:
-            log.error("bus: dropping an invalid message on %s: %s", msg.subject,
-                      e.errors(include_url=False)[:3])
+            log.error(
+                "bus: dropping an invalid message on %s: %s", msg.subject, e.errors(include_url=False)[:3]
+            )
             await _quiet(msg.term())
             return
         if where is None or where[1] != ev.camera_id or where[2] != ev.type.value:

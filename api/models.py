@@ -122,6 +122,7 @@ class CameraRow(Base):
     frames: Mapped[int] = mapped_column(BigInteger, default=0)
     dropped: Mapped[int] = mapped_column(BigInteger, default=0)
     reconnects: Mapped[int] = mapped_column(BigInteger, default=0)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # detections, gated, detector_ms, outbox_depth
     reported_at: Mapped[datetime | None]
     state_since: Mapped[datetime | None]
 

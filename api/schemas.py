@@ -23,15 +23,34 @@ class _Public(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
 class CameraStatusIn(_In):
+    """What the supervisor reports every few seconds; ``last_frame_at`` as RFC 3339 or epoch seconds."""
+
     name: Annotated[str, StringConstraints(max_length=128)] | None = None
     state: CameraState
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None
-    last_frame_at: UtcDatetime | None = None
+    last_frame_at: UtcDatetime | Annotated[Finite, Field(ge=0, le=2**40)] | None = None
     fps: Annotated[Finite, Field(ge=0, le=1000)] = 0.0
-    frames: Annotated[int, Field(ge=0, le=2**62)] = 0
-    dropped: Annotated[int, Field(ge=0, le=2**62)] = 0
-    reconnects: Annotated[int, Field(ge=0, le=2**62)] = 0
+    frames: Count = 0
+    dropped: Count = 0
+    reconnects: Count = 0
+    detections: Count | None = None
+    gated: Count | None = None
+    detector_ms: Annotated[Finite, Field(ge=0, le=3_600_000)] | None = None
+    outbox_depth: Count | None = None
+
+    def last_frame(self) -> datetime | None:
+        v = self.last_frame_at
+        if v is None or isinstance(v, datetime):
+            return v
+        return datetime.fromtimestamp(v, UTC)
+
+    def stats(self) -> dict[str, Any]:
+        keys = ("detections", "gated", "detector_ms", "outbox_depth")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 class DispositionIn(_In):
@@ -137,6 +156,7 @@ class CameraPublic(_Public):
     frames: int = 0
     dropped: int = 0
     reconnects: int = 0
+    stats: dict[str, Any] | None = None
     reported_at: datetime | None = None
     state_since: datetime | None = None
 

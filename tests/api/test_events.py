@@ -43,8 +43,14 @@ def test_higher_seq_updates_lower_seq_does_not_regress(api_client, auth_headers)
     ev = make_event()
     start = datetime.fromisoformat(ev["started_at"])
     assert post(api_client, ev).status_code == 201
-    closed = dict(ev, seq=3, state="closed", ended_at=iso(start + timedelta(minutes=5)),
-                  updated_at=iso(start + timedelta(minutes=5)), dwell_s=300.0)
+    closed = dict(
+        ev,
+        seq=3,
+        state="closed",
+        ended_at=iso(start + timedelta(minutes=5)),
+        updated_at=iso(start + timedelta(minutes=5)),
+        dwell_s=300.0,
+    )
     r = post(api_client, closed)
     assert (r.status_code, r.json()["status"]) == (200, "updated")
     late = dict(ev, seq=1, state="update", dwell_s=120.0, updated_at=iso(start + timedelta(minutes=2)))
@@ -68,8 +74,14 @@ def _bad_bodies():
     yield "missing field", {k: v for k, v in ok.items() if k != "camera_id"}
     yield "unknown field", dict(ok, colour="red")
     yield "inverted box", dict(ok, object=dict(ok["object"], box_xyxy=[640, 230, 412, 388]))
-    yield "future", dict(ok, started_at=iso(datetime.now(UTC) + timedelta(hours=2)),
-                         updated_at=iso(datetime.now(UTC) + timedelta(hours=2)))
+    yield (
+        "future",
+        dict(
+            ok,
+            started_at=iso(datetime.now(UTC) + timedelta(hours=2)),
+            updated_at=iso(datetime.now(UTC) + timedelta(hours=2)),
+        ),
+    )
     yield "naive time", dict(ok, started_at="2026-11-26T08:00:00")
     yield "closed without end", dict(ok, state="closed")
     yield "updated before start", dict(ok, updated_at=iso(start - timedelta(seconds=1)))
@@ -79,10 +91,21 @@ def _bad_bodies():
     yield "confidence > 1", dict(ok, object=dict(ok["object"], confidence=1.5))
     yield "bad grid", dict(ok, grid="a//b")
     yield "string seq", dict(ok, seq="1")
-    yield "evidence bad sha", dict(ok, evidence=[{"name": "a.jpg", "taken_at": ok["started_at"], "sha256": "xyz",
-                                                  "kind": "scene"}])
-    yield "evidence traversal name", dict(ok, evidence=[{"name": "../a.jpg", "taken_at": ok["started_at"],
-                                                         "sha256": "0" * 64, "kind": "scene"}])
+    yield (
+        "evidence bad sha",
+        dict(
+            ok, evidence=[{"name": "a.jpg", "taken_at": ok["started_at"], "sha256": "xyz", "kind": "scene"}]
+        ),
+    )
+    yield (
+        "evidence traversal name",
+        dict(
+            ok,
+            evidence=[
+                {"name": "../a.jpg", "taken_at": ok["started_at"], "sha256": "0" * 64, "kind": "scene"}
+            ],
+        ),
+    )
 
 
 @pytest.mark.parametrize(("why", "body"), list(_bad_bodies()), ids=[w for w, _ in _bad_bodies()])
@@ -96,7 +119,7 @@ def test_invalid_events_are_422(api_client, why, body):
     ("content", "ctype", "status"),
     [
         (b'{"id": NaN}', "application/json", 400),
-        (json.dumps(make_event()).replace('65.0', "NaN").encode(), "application/json", 400),
+        (json.dumps(make_event()).replace("65.0", "NaN").encode(), "application/json", 400),
         (b"\xff\xfe{}", "application/json", 400),
         (b"{not json", "application/json", 400),
         (b"[1, 2]", "application/json", 422),
@@ -129,7 +152,9 @@ def test_streamed_body_over_limit_is_413(api_client):
         for _ in range(40):
             yield b" " * (128 * 1024)
 
-    r = api_client.post("/api/events", content=chunks(), headers={**WORKER, "Content-Type": "application/json"})
+    r = api_client.post(
+        "/api/events", content=chunks(), headers={**WORKER, "Content-Type": "application/json"}
+    )
     assert r.status_code == 413
 
 
@@ -176,8 +201,14 @@ def test_cursor_pagination_returns_each_event_once(api_client, auth_headers):
         # an update arriving mid-way must not move the event between pages
         if pages == 2:
             first = page["items"][0]
-            upd = make_event(id=first["id"], started_at=first["started_at"], seq=1, state="update",
-                             updated_at=iso(datetime.now(UTC)), dwell_s=999.0)
+            upd = make_event(
+                id=first["id"],
+                started_at=first["started_at"],
+                seq=1,
+                state="update",
+                updated_at=iso(datetime.now(UTC)),
+                dwell_s=999.0,
+            )
             assert post(api_client, upd).status_code == 200
         cursor = page["next_cursor"]
         if not cursor:
@@ -192,10 +223,21 @@ def test_cursor_pagination_returns_each_event_once(api_client, auth_headers):
 def test_list_filters(api_client, auth_headers):
     now = datetime.now(UTC)
     a = make_event(start=now - timedelta(hours=2))
-    b = make_event(start=now - timedelta(hours=1), camera_id="lot-north", zone_id="no-park-1",
-                   grid="fangshan/xilu/haiyi/0422")
-    c = make_event(start=now - timedelta(minutes=30), type="bin_overflow", camera_id="bins-west",
-                   zone_id="station-1", grid="fangshan/dongcheng/lane/0007", object=None, bin_id="B-7")
+    b = make_event(
+        start=now - timedelta(hours=1),
+        camera_id="lot-north",
+        zone_id="no-park-1",
+        grid="fangshan/xilu/haiyi/0422",
+    )
+    c = make_event(
+        start=now - timedelta(minutes=30),
+        type="bin_overflow",
+        camera_id="bins-west",
+        zone_id="station-1",
+        grid="fangshan/dongcheng/lane/0007",
+        object=None,
+        bin_id="B-7",
+    )
     for ev in (a, b, c):
         assert post(api_client, ev).status_code == 201
     h = auth_headers("admin")
@@ -214,16 +256,29 @@ def test_list_filters(api_client, auth_headers):
     assert ids(since=iso(now - timedelta(minutes=90))) == {b["id"], c["id"]}
     assert ids(until=iso(now - timedelta(minutes=90))) == {a["id"]}
     assert ids(state="open", disposition="new") == {a["id"], b["id"], c["id"]}
-    for bad in ({"type": "x"}, {"limit": 0}, {"limit": 10_000}, {"cursor": "!!"}, {"cursor": "e30"},
-                {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}, {"grid": "a%b"}):
+    for bad in (
+        {"type": "x"},
+        {"limit": 0},
+        {"limit": 10_000},
+        {"cursor": "!!"},
+        {"cursor": "e30"},
+        {"since": "yesterday"},
+        {"since": "2026-01-01T00:00:00"},
+        {"grid": "a%b"},
+    ):
         r = api_client.get("/api/events", params=bad, headers=h)
         assert r.status_code in (400, 422), (bad, r.text)
 
 
 def test_scoping_by_role(api_client, auth_headers):
     park = make_event()
-    bins = make_event(type="bin_overflow", camera_id="bins-west", zone_id="station-1",
-                      grid="fangshan/dongcheng/lane/0007", object=None)
+    bins = make_event(
+        type="bin_overflow",
+        camera_id="bins-west",
+        zone_id="station-1",
+        grid="fangshan/dongcheng/lane/0007",
+        object=None,
+    )
     assert post(api_client, park).status_code == 201
     assert post(api_client, bins).status_code == 201
 

@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("frames", sa.BigInteger(), nullable=False),
         sa.Column("dropped", sa.BigInteger(), nullable=False),
         sa.Column("reconnects", sa.BigInteger(), nullable=False),
+        sa.Column("stats", sa.JSON(), nullable=True),
         sa.Column("reported_at", UtcDateTime(), nullable=True),
         sa.Column("state_since", UtcDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_cameras"),
