@@ -101,9 +101,10 @@ class BusConsumer:
             self.rt.broadcaster.unsubscribe(self._relay_sub)
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
-            try:
-                await asyncio.wait_for(nc.drain(), 2.0) if nc.is_connected else await nc.close()
-            except Exception:
+            if nc.is_connected:  # acks of handled messages go out first
+                with contextlib.suppress(Exception):
+                    await nc.flush(1.0)
+            with contextlib.suppress(Exception):
                 await nc.close()
 
     async def _main(self) -> None:
@@ -304,7 +305,13 @@ class BusConsumer:
             log.debug("bus: status for %s not stored: %s", camera_id, type(e).__name__)
 
     def _put_status(self, camera_id: str, body: CameraStatusIn) -> None:
-        _changed, row = self.rt.store.put_camera_status(camera_id, body.model_dump(exclude={"name"}))
+        # the same values as PUT /api/cameras/{id}/status stores (api.routers.cameras.put_status)
+        values = {
+            "state": body.state, "reason": body.reason, "last_frame_at": body.last_frame(),
+            "fps": body.fps, "frames": body.frames, "dropped": body.dropped, "reconnects": body.reconnects,
+            "stats": body.stats(),
+        }
+        _changed, row = self.rt.store.put_camera_status(camera_id, values)
         pub = camera_public(row, self.rt)
         meta = {"camera_id": camera_id, "grid": pub.grid}
         self.rt.broadcaster.publish("camera", pub.model_dump(mode="json"), meta)
