@@ -1,0 +1,72 @@
+"""Police feed: illegal parking only, evidence hashes, a stable chain hash, cursor pages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tests.fixtures.api import WORKER, iso, make_event
+
+
+def test_violations_feed(api_client, auth_headers):
+    base = datetime.now(UTC) - timedelta(hours=1)
+    parked = []
+    for i in range(7):
+        ev = make_event(start=base + timedelta(minutes=i), violation_code="1039")
+        ev["evidence"] = [
+            {"name": "scene-1.jpg", "taken_at": ev["started_at"], "sha256": f"{i:064x}", "kind": "scene"}
+        ]
+        api_client.post("/api/events", json=ev, headers=WORKER)
+        parked.append(ev["id"])
+    api_client.post(
+        "/api/events",
+        headers=WORKER,
+        json=make_event(
+            type="bin_overflow",
+            camera_id="bins-west",
+            zone_id="station-1",
+            grid="fangshan/dongcheng/lane/0007",
+            object=None,
+        ),
+    )
+    police = auth_headers("police")
+    seen, cursor = [], None
+    while True:
+        r = api_client.get(
+            "/api/violations", params={"limit": 3} | ({"cursor": cursor} if cursor else {}), headers=police
+        )
+        assert r.status_code == 200, r.text
+        seen += r.json()["items"]
+        cursor = r.json()["next_cursor"]
+        if not cursor:
+            break
+    assert [v["id"] for v in seen] == list(reversed(parked))
+    v = seen[0]
+    assert v["plate"] == "京A12345" and v["violation_code"] == "1039" and v["camera_name"] == "东门"
+    assert v["evidence"][0]["sha256"] == f"{6:064x}" and len(v["chain_sha256"]) == 64
+    again = api_client.get("/api/violations", params={"limit": 1}, headers=police).json()["items"][0]
+    assert again["chain_sha256"] == v["chain_sha256"]
+    # a later message changes the record, so its chain hash
+    upd = make_event(
+        id=v["id"],
+        started_at=v["started_at"],
+        seq=1,
+        state="update",
+        violation_code="1039",
+        updated_at=iso(datetime.now(UTC)),
+        dwell_s=999.0,
+    )
+    upd["evidence"] = [
+        {"name": "scene-1.jpg", "taken_at": v["started_at"], "sha256": f"{6:064x}", "kind": "scene"}
+    ]
+    assert api_client.post("/api/events", json=upd, headers=WORKER).status_code == 200
+    third = api_client.get("/api/violations", params={"limit": 1}, headers=police).json()["items"][0]
+    assert third["chain_sha256"] != v["chain_sha256"]
+    closed = api_client.get("/api/violations", params={"closed_only": "true"}, headers=police).json()
+    assert closed["items"] == []
+
+
+def test_violations_roles(api_client, auth_headers):
+    assert api_client.get("/api/violations", headers=auth_headers("admin")).status_code == 200
+    assert api_client.get("/api/violations", headers=auth_headers("op")).status_code == 403
+    assert api_client.get("/api/violations", headers=WORKER).status_code == 403
+    assert api_client.get("/api/violations").status_code == 401
