@@ -22,6 +22,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect and verify shipped 
 users_app = typer.Typer(no_args_is_help=True, help="Manage dashboard users.")
 app.add_typer(models_app, name="models")
 app.add_typer(users_app, name="users")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: JSON results in benchmarks/results/.")
+app.add_typer(bench_app, name="bench")
 
 log = logging.getLogger("pingan")
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="cameras.yaml")]
@@ -304,6 +306,46 @@ def users_add(
     )
     add_user(settings_from_config(cfg), username, password, role, scope or [])
     typer.echo(f"user {username} ({role}) added")
+
+
+# The benchmarks live in benchmarks/ (not on the runtime import path); their own argparse reads the options.
+_PASS_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _bench(module: str, args: list[str]) -> None:
+    import importlib
+
+    bench = importlib.import_module(f"benchmarks.{module}")
+    raise typer.Exit(bench.main(list(args)))
+
+
+@bench_app.command("cameras", context_settings=_PASS_ARGS)
+def bench_cameras(ctx: typer.Context) -> None:
+    """Cameras per box at 1 detection/s: pingan vs a naive baseline over RTSP (--help for options)."""
+    _bench("bench_cameras", ctx.args)
+
+
+@bench_app.command("detector", context_settings=_PASS_ARGS)
+def bench_detector(ctx: typer.Context) -> None:
+    """Detector throughput by batch size and execution provider (--help for options)."""
+    _bench("bench_detector", ctx.args)
+
+
+@bench_app.command("api", context_settings=_PASS_ARGS)
+def bench_api(ctx: typer.Context) -> None:
+    """API ingest rate and GET /api/events latency over 1,000,000 stored events (--help for options)."""
+    _bench("bench_api", ctx.args)
+
+
+@bench_app.command("all")
+def bench_all() -> None:
+    """Detector, API and cameras benchmarks with their default settings (tens of minutes)."""
+    import importlib
+
+    for module in ("bench_detector", "bench_api", "bench_cameras"):
+        code = importlib.import_module(f"benchmarks.{module}").main([])
+        if code:
+            raise typer.Exit(code)
 
 
 def main() -> None:

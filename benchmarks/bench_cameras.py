@@ -1,0 +1,953 @@
+"""Cameras per box at one detection per second: pingan's pipeline against a naive baseline, in the same run.
+
+    pingan bench cameras [--quick] [--duration-s 20] [--max-n 96] [--levers] [--out FILE]
+    .venv/bin/python -m benchmarks.bench_cameras …                                    (the same)
+
+What it does:
+
+1. Generates (once, cached in ``var/bench/``) a 1080p25 H.264 clip, GOP 25, ~4 Mb/s: real CCTV footage
+   (Debian opencv-doc ``vtest.avi``: vehicles parked by a building, pedestrians walking) scaled to 1920×1080
+   with temporal sensor noise; and a "parking lot" clip (the same scene frozen, noise only) for the gate
+   lever. Without vtest.avi it falls back to ffmpeg's ``testsrc2`` pattern (recorded in the JSON).
+2. Serves many copies (paths ``s0…``, ``p0…``) from one GStreamer RTSP server process on 127.0.0.1, in real
+   time.
+3. For each N tried, runs a fresh sub-process (so CPU and RSS are that configuration's own):
+
+   - ``pingan``: N cameras through the real path: ``pipeline.sources.Source`` (keyframe-only decode at
+     ``detect_fps``), ``CameraWorker`` (gate when asked, tracker, rules, incident builder with evidence
+     stills), one shared ``OnnxDetector`` (``load_detector``: 1-thread session, no spinning) run by the
+     ``InferenceScheduler`` with ``--inference-threads`` threads. Plate reading is off (rare and separate).
+   - ``naive``: per camera, ``cv2.VideoCapture(url).read()`` of every frame and its own ONNX Runtime session
+     with default options (all cores, spinning), running the same model file at FP32 on every k-th frame for
+     the same target rate; pre- and post-processing are pingan's adapter code, so only decode and session
+     set-up differ.
+
+   Each trial warms up until every camera has a result, then measures ``--duration-s`` seconds: results whose
+   frame was captured in the window (counted when they arrive within ``--max-latency-s``), CPU cores of the
+   trial process (utime+stime from /proc over the window), RSS, dropped frames, frame→result latency
+   (``Frame.ts`` — the stream clock anchored at the connection's first packet — to the moment the worker
+   applied the detections to its tracker and rules). A configuration *keeps up* when every camera got
+   ≥ 0.9 × target results/s and p95 latency ≤ ``--max-latency-s``.
+4. Searches the largest N that keeps up for both (doubling, then bisecting to ~10 %); reports pingan/naive.
+5. ``--levers`` adds rows at a fixed N: full decode instead of keyframe-only, the static-scene gate on/off on
+   the parking-lot clip (inference calls saved), precision variants listed in the manifest, one vs two
+   inference threads, ORT intra-op threads and spinning.
+
+The RTSP server's own CPU and how busy the whole machine was (``/proc/stat``) are recorded per trial: on a
+shared box the figures move with everyone else's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    CACHE_DIR,
+    ROOT,
+    CpuWindow,
+    cpu_seconds,
+    loadavg,
+    machine_info,
+    note,
+    now_iso,
+    percentile,
+    result_path,
+    rss_mib,
+    write_json,
+)
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+SERVER_SCRIPT = ROOT / "pipeline" / "devtools" / "rtsp_server.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+SRC_W, SRC_H = 768, 576  # vtest.avi
+OUT_W, OUT_H = 1920, 1080
+# The demo's courtyard zones (cameras.yaml, in vtest.avi pixels): the service road where the van stands and
+# the open square that pedestrians cross. Short dwell times so that events (and stills) happen in a short run.
+ZONES_VTEST = [
+    {"id": "fire-lane-east", "type": "fire_lane", "polygon": [[622, 64], [738, 64], [738, 124], [622, 124]]},
+    {
+        "id": "no-parking-square",
+        "type": "no_parking",
+        "polygon": [[300, 200], [620, 200], [620, 340], [300, 340]],
+    },
+]
+RESULT_PREFIX = "RESULT "
+
+
+# ---- clips -------------------------------------------------------------------------------------------------
+
+
+def _ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise SystemExit("ffmpeg is missing (apt-get install ffmpeg, or `make system`)")
+    return exe
+
+
+def _encode_args(seconds: float) -> list[str]:
+    return [
+        "-t",
+        f"{seconds:g}",
+        "-an",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-b:v",
+        "4M",
+        "-maxrate",
+        "4.4M",
+        "-bufsize",
+        "8M",
+        "-g",
+        "25",
+        "-keyint_min",
+        "25",
+        "-sc_threshold",
+        "0",
+        "-bf",
+        "0",
+        "-threads",
+        "1",
+    ]
+
+
+def make_clips(cache_dir: Path, seconds: float = 12.0) -> dict[str, Any]:
+    """``street.mp4`` (motion) and ``parking.mp4`` (static) at 1080p25, GOP 25, ~4 Mb/s; cached by name."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{int(seconds)}s"
+    street, parking = cache_dir / f"street-{tag}.mp4", cache_dir / f"parking-{tag}.mp4"
+    real = VTEST.exists()
+    scale = f"scale={OUT_W}:{OUT_H}:flags=bicubic,fps=25,noise=alls=5:allf=t"
+    ff = [_ffmpeg(), "-loglevel", "error", "-y"]
+    if not street.exists():
+        src = ["-i", str(VTEST)] if real else ["-f", "lavfi", "-i", f"testsrc2=size={OUT_W}x{OUT_H}:rate=25"]
+        tmp = street.with_suffix(".tmp.mp4")
+        subprocess.run([*ff, *src, "-vf", scale, *_encode_args(seconds), str(tmp)], check=True)
+        tmp.replace(street)
+    if not parking.exists():
+        still = cache_dir / "parking-still.png"
+        src = ["-i", str(VTEST)] if real else ["-f", "lavfi", "-i", f"testsrc2=size={OUT_W}x{OUT_H}:rate=25"]
+        subprocess.run([*ff, *src, "-frames:v", "1", str(still)], check=True)
+        tmp = parking.with_suffix(".tmp.mp4")
+        subprocess.run(
+            [
+                *ff,
+                "-loop",
+                "1",
+                "-framerate",
+                "25",
+                "-i",
+                str(still),
+                "-vf",
+                scale,
+                *_encode_args(seconds),
+                str(tmp),
+            ],
+            check=True,
+        )
+        tmp.replace(parking)
+    return {
+        "street": str(street),
+        "parking": str(parking),
+        "content": "vtest.avi (opencv-doc, real CCTV) scaled to 1080p + temporal noise"
+        if real
+        else "ffmpeg testsrc2 + temporal noise (vtest.avi not installed)",
+        "format": {"width": OUT_W, "height": OUT_H, "fps": 25, "gop": 25, "bitrate_bps": 4_000_000},
+        "bytes": {"street": street.stat().st_size, "parking": parking.stat().st_size},
+        "seconds": seconds,
+    }
+
+
+def scaled_zones() -> list[dict[str, Any]]:
+    sx, sy = OUT_W / SRC_W, OUT_H / SRC_H
+    return [
+        {
+            **z,
+            "polygon": [[round(x * sx), round(y * sy)] for x, y in z["polygon"]],
+            "dwell_s": 5,
+            "clear_s": 5,
+        }
+        for z in ZONES_VTEST
+    ]
+
+
+# ---- the RTSP server ---------------------------------------------------------------------------------------
+
+
+class Server:
+    """One GStreamer RTSP server process serving ``paths`` (name → file) on 127.0.0.1."""
+
+    def __init__(self, paths: dict[str, str], log_file: Path) -> None:
+        self.paths, self.log_file = paths, log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout_s: float = 60.0) -> Server:
+        if not os.access(SYSTEM_PYTHON, os.X_OK):
+            raise SystemExit(f"{SYSTEM_PYTHON} is missing: the RTSP server runs with Debian's python3-gi")
+        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0"]
+        cmd += [f"{n}={p}" for n, p in self.paths.items()]
+        with self.log_file.open("wb") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.log_file.read_text(errors="replace").splitlines():
+                if line.startswith("READY "):
+                    self.url = line.split()[1]
+                    return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"RTSP server did not start: {self.log_file.read_text(errors='replace')[-1500:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.proc = None
+
+
+# ---- trials (each in its own process) ----------------------------------------------------------------------
+
+
+@dataclass
+class TrialSpec:
+    mode: str  # pingan | naive
+    n: int
+    urls: list[str]
+    duration_s: float = 20.0
+    max_latency_s: float = 3.0
+    target_fps: float = 1.0
+    model: str = "vehicles"
+    models_dir: str = str(ROOT / "models")
+    precision: str = "auto"
+    inference_threads: int = 2
+    intra_threads: int = 1
+    spinning: bool = False
+    decode: str = "auto"  # auto (keyframe-only when it suffices) | full
+    gate: bool = False
+    zones: list[dict[str, Any]] = field(default_factory=scaled_zones)
+    warmup_max_s: float = 20.0
+    label: str = ""
+
+
+@dataclass
+class _Tally:
+    """Per camera: (frame ts, result applied at wall time, detected?) for each result. A frame's capture
+    time is ``ts + offset`` (pingan: offset 0, ``Frame.ts`` is absolute; naive: ts is the stream position and
+    offset the earliest arrival anchor, min(read time − position), so no frame arrives before its capture)."""
+
+    results: list[tuple[float, float, bool]] = field(default_factory=list)
+    offset: float = 0.0
+
+    def window(self, w0: float, w1: float) -> list[tuple[float, float, bool]]:
+        off = self.offset
+        return [(ts + off, at, det) for ts, at, det in list(self.results) if w0 <= ts + off < w1]
+
+    def last_ts(self) -> float | None:
+        return self.results[-1][0] + self.offset if self.results else None
+
+
+def _load_detector(spec: TrialSpec) -> Any:
+    from pipeline.detection import load_detector, session_options
+
+    det = load_detector(
+        spec.model, Path(spec.models_dir), intra_op_threads=spec.intra_threads, precision=spec.precision
+    )
+    if spec.spinning:  # the lever: rebuild the same file's session with spinning threads
+        import onnxruntime as ort
+
+        so = session_options(spec.intra_threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        entry = det.entry
+        path = Path(spec.models_dir) / entry.file_for(det.precision)[0]
+        det.session = ort.InferenceSession(str(path), sess_options=so, providers=det.providers)
+    return det
+
+
+class _FullDecodeSource:
+    """Lever only: decodes every frame (PyAV, 1 thread), samples at ``detect_fps``; like ``Source`` otherwise
+    (same FFmpeg options, clock and drop-oldest hand-over) but without its reconnect logic — ``Source`` has no
+    switch to force full decode, it picks keyframe-only by itself when that suffices."""
+
+    def __init__(self, url: str, detect_fps: float, stop: threading.Event) -> None:
+        import queue
+
+        self.url, self.period, self.stop = url, 1.0 / detect_fps, stop
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self.dropped = self.frames_out = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def frames(self) -> Any:
+        import queue
+
+        self._thread.start()
+        while not (self.stop.is_set() or self._closed.is_set()):
+            try:
+                yield self.q.get(timeout=0.25)
+            except queue.Empty:
+                continue
+
+    def _run(self) -> None:
+        import av
+
+        from pipeline.protocols import Frame
+
+        opts = {
+            "rtsp_transport": "tcp",
+            "timeout": "5000000",
+            "analyzeduration": "0",
+            "probesize": "32768",
+            "fpsprobesize": "0",
+        }
+        with av.open(self.url, options=opts, timeout=(5.0, 5.0)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            tb = float(stream.time_base)
+            wall0 = t0 = None
+            next_due: float | None = None
+            index = 0
+            for pkt in container.demux(stream):
+                if self.stop.is_set() or self._closed.is_set():
+                    return
+                if pkt.pts is None:
+                    continue
+                index += 1
+                for f in stream.codec_context.decode(pkt):
+                    t = f.pts * tb if f.pts is not None else pkt.pts * tb
+                    if wall0 is None or t0 is None:
+                        wall0, t0 = time.time(), t
+                    if next_due is not None and t < next_due - 0.02:
+                        continue
+                    next_due = t + self.period if next_due is None else next_due + self.period
+                    frame = Frame(f.to_ndarray(format="bgr24"), wall0 + (t - t0), index, bool(f.key_frame))
+                    while True:
+                        try:
+                            self.q.put_nowait(frame)
+                            break
+                        except Exception:
+                            with contextlib.suppress(Exception):
+                                self.q.get_nowait()
+                                self.dropped += 1
+                    self.frames_out += 1
+
+    def status(self) -> Any:
+        from pipeline.protocols import SourceState, SourceStatus
+
+        return SourceStatus(
+            SourceState.RUNNING, time.monotonic(), frames=self.frames_out, dropped=self.dropped
+        )
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(6.0)
+
+
+def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
+    from pipeline.config import Camera, SiteConfig
+    from pipeline.events import ModelRef
+    from pipeline.gate import SceneGate
+    from pipeline.incidents import IncidentBuilder
+    from pipeline.inference import InferenceScheduler
+    from pipeline.sources import open_source
+    from pipeline.supervisor import EvidenceRenderer
+    from pipeline.worker import CameraWorker
+
+    rss_start = rss_mib()
+    detector = _load_detector(spec)
+    rss_model = rss_mib()
+    stop = threading.Event()
+    scheduler = InferenceScheduler({spec.model: detector}, stop, threads=spec.inference_threads)
+    site = SiteConfig(timezone="Asia/Shanghai")
+    events: list[str] = []
+    tallies: list[_Tally] = []
+    full_sources: list[_FullDecodeSource] = []
+
+    class BenchWorker(CameraWorker):
+        tally: _Tally
+
+        def _apply(self, frame: Any, dets: Any, detected: bool) -> None:
+            super()._apply(frame, dets, detected)
+            self.tally.results.append((frame.ts, time.time(), detected))
+
+    def factory(camera: Camera, stop_: threading.Event) -> Any:
+        if spec.decode == "full":
+            src = _FullDecodeSource(camera.source.resolved(), camera.detect_fps, stop_)  # type: ignore[union-attr]
+            full_sources.append(src)
+            return src
+        return open_source(camera, stop_)
+
+    workers: list[BenchWorker] = []
+    for i, url in enumerate(spec.urls[: spec.n]):
+        cam = Camera.model_validate(
+            {
+                "id": f"cam{i}",
+                "name": f"cam{i}",
+                "source": {"url": url},
+                "detect_fps": spec.target_fps,
+                "models": [spec.model],
+                "zones": spec.zones,
+            }
+        )
+        builder = IncidentBuilder(
+            cam,
+            site,
+            EvidenceRenderer(),
+            lambda ev, _files: events.append(ev.id),
+            model=ModelRef(name=detector.name, sha256=detector.sha256),
+        )
+        gate = SceneGate([z.polygon for z in cam.zones], (OUT_H, OUT_W)) if spec.gate else None
+        w = BenchWorker(cam, site, scheduler, builder, stop, factory, gate=gate)  # type: ignore[arg-type]
+        w.tally = _Tally()
+        tallies.append(w.tally)
+        workers.append(w)
+    scheduler.start()
+    t_start = time.monotonic()
+    for w in workers:
+        w.start()
+
+    def counters() -> dict[str, int]:
+        st = [w.status() for w in workers]
+        return {
+            "detections": sum(s.detections for s in st),
+            "gated": sum(s.gated for s in st),
+            "dropped": sum(s.dropped for s in st),
+        }
+
+    return _measure(
+        spec,
+        t_start,
+        tallies,
+        counters,
+        stop,
+        rss_start,
+        rss_model,
+        {
+            "detector": repr(detector),
+            "precision": detector.precision,
+            "providers": detector.providers,
+            "events": lambda: len(events),
+        },
+        lambda: [w.join(3.0) for w in workers],
+    )
+
+
+def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    import cv2
+    import onnxruntime as ort
+
+    from pipeline.detection import OnnxDetector
+    from pipeline.manifest import model_entry
+
+    rss_start = rss_mib()
+    entry = model_entry(spec.model, Path(spec.models_dir))
+    file, sha = entry.file_for("fp32")
+    path = str(Path(spec.models_dir) / file)
+    stop = threading.Event()
+    tallies = [_Tally() for _ in range(spec.n)]
+    reads = [0] * spec.n
+    detections = [0] * spec.n
+    errors: list[str] = []
+    ready = threading.Barrier(spec.n + 1)
+
+    def camera(i: int, url: str) -> None:
+        try:
+            sess = ort.InferenceSession(
+                path, providers=["CPUExecutionProvider"]
+            )  # defaults: all cores, spinning
+            det = OnnxDetector(spec.model, entry, sess, sha, "fp32")
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        except Exception as err:
+            errors.append(f"cam{i}: {type(err).__name__}: {err}")
+            ready.abort()
+            return
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait(30)
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        every = max(1, round(fps / spec.target_fps))
+        tally = tallies[i]
+        tally.offset = float("inf")
+        k = 0
+        try:
+            while not stop.is_set():
+                ok, frame = cap.read()
+                now = time.time()
+                if not ok:
+                    errors.append(f"cam{i}: read failed")
+                    return
+                pos = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 or k / fps
+                tally.offset = min(tally.offset, now - pos)
+                reads[i] += 1
+                if k % every == 0:
+                    dets = det.detect([frame])[0]
+                    detections[i] += 1
+                    tally.results.append((pos, time.time(), dets is not None))
+                k += 1
+        finally:
+            cap.release()
+
+    threads = [
+        threading.Thread(target=camera, args=(i, u), daemon=True) for i, u in enumerate(spec.urls[: spec.n])
+    ]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait(60)
+    rss_model = rss_mib()  # sessions are made before the barrier
+    t_start = time.monotonic()
+
+    def counters() -> dict[str, int]:
+        return {"detections": sum(detections), "gated": 0, "frames_read": sum(reads)}
+
+    out = _measure(
+        spec,
+        t_start,
+        tallies,
+        counters,
+        stop,
+        rss_start,
+        rss_model,
+        {
+            "detector": f"{file} FP32, one default-options ORT session per camera (all cores, spinning)",
+            "precision": "fp32",
+            "providers": ["CPUExecutionProvider"],
+            "decode": "cv2.VideoCapture.read() of every frame",
+            "errors": lambda: errors[:5],
+        },
+        lambda: [t.join(3.0) for t in threads],
+    )
+    return out
+
+
+def _measure(
+    spec: TrialSpec,
+    t_start: float,
+    tallies: list[_Tally],
+    counters: Any,
+    stop: threading.Event,
+    rss_start: float,
+    rss_model: float,
+    extra: dict[str, Any],
+    join: Any,
+) -> dict[str, Any]:
+    """Warm up, measure the window, let late results land, stop; the trial's figures."""
+    deadline = t_start + spec.warmup_max_s + 0.2 * spec.n
+    while time.monotonic() < deadline and not all(t.results for t in tallies):
+        time.sleep(0.1)
+    warmup_s = time.monotonic() - t_start
+    time.sleep(1.0 / spec.target_fps)  # one more period: the first results often come in a burst
+    c0 = counters()
+    w0 = time.time()
+    cpu = CpuWindow().start()
+    time.sleep(spec.duration_s)
+    w1 = time.time()
+    cores = cpu.cores()
+    rss_end = rss_mib()
+    c1 = counters()
+    # results of frames captured in the window may still arrive, for up to max_latency_s
+    while time.time() < w1 + spec.max_latency_s and not all((t.last_ts() or 0) >= w1 for t in tallies):
+        time.sleep(0.05)
+    stop.set()
+    per_cam: list[float] = []
+    latencies: list[float] = []
+    gated_lat: list[float] = []
+    for t in tallies:
+        inside = t.window(w0, w1)
+        per_cam.append(sum(at - ts <= spec.max_latency_s for ts, at, _ in inside) / spec.duration_s)
+        for ts, at, det in inside:
+            (latencies if det else gated_lat).append(at - ts)
+    join()
+    n = spec.n
+    p95 = percentile(latencies, 95)
+    min_rate = min(per_cam) if per_cam else 0.0
+    keeps_up = (
+        bool(per_cam) and min_rate >= 0.9 * spec.target_fps and (p95 is None or p95 <= spec.max_latency_s)
+    )
+    delta = {k: c1[k] - c0[k] for k in c1}
+    detections, gated = delta["detections"], delta["gated"]
+    row: dict[str, Any] = {
+        "mode": spec.mode,
+        "label": spec.label or spec.mode,
+        "n": n,
+        "keeps_up": keeps_up,
+        "target_fps": spec.target_fps,
+        "results_per_s_per_camera": {
+            "min": min_rate,
+            "mean": sum(per_cam) / max(1, len(per_cam)),
+            "max": max(per_cam) if per_cam else 0.0,
+        },
+        "cpu_cores": cores,
+        "cpu_cores_per_camera": cores / max(1, n),
+        "latency_s": {
+            "p50": percentile(latencies, 50),
+            "p95": p95,
+            "max": max(latencies, default=None),
+            "samples": len(latencies),
+        },
+        "inference_calls": detections,
+        "gated": gated,
+        "gated_fraction": gated / max(1, gated + detections),
+        "gated_latency_s_p50": percentile(gated_lat, 50),
+        "dropped_frames": delta.get("dropped", 0),
+        "rss_mib": {
+            "start": rss_start,
+            "after_model": rss_model,
+            "end": rss_end,
+            "peak": rss_mib(peak=True),
+            "per_camera": (rss_end - rss_model) / max(1, n),
+        },
+        "warmup_s": warmup_s,
+        "duration_s": spec.duration_s,
+        "settings": {
+            k: v for k, v in asdict(spec).items() if k not in ("urls", "zones", "n", "mode", "label")
+        },
+    }
+    for k, v in extra.items():
+        row[k] = v() if callable(v) else v
+    if "frames_read" in delta:
+        row["frames_read"] = delta["frames_read"]
+        row["dropped_frames"] = max(0, round(25.0 * spec.duration_s * n - delta["frames_read"]))
+        row["dropped_note"] = "frames not read in the window (25 fps expected): the reader fell behind"
+    return row
+
+
+def trial_main(spec_json: str) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("libav").setLevel(logging.CRITICAL)
+    spec = TrialSpec(**json.loads(spec_json))
+    row = _pingan_trial(spec) if spec.mode == "pingan" else _naive_trial(spec)
+    print(RESULT_PREFIX + json.dumps(row), flush=True)
+    return 0
+
+
+# ---- driving the trials ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    duration_s: float = 20.0
+    max_latency_s: float = 3.0
+    target_fps: float = 1.0
+    max_n: int = 96
+    start_n: int = 8
+    naive_start_n: int = 1
+    naive_max_n: int = 32
+    inference_threads: int = 2
+    model: str = "vehicles"
+    precision: str = "auto"
+    levers: bool = False
+    lever_n: int = 8
+    clip_seconds: float = 12.0
+    budget_s: float = 900.0
+    out: Path | None = None
+    cache_dir: Path = CACHE_DIR
+
+
+class Runner:
+    def __init__(self, opts: Options, server: Server, log_dir: Path) -> None:
+        self.opts, self.server, self.log_dir = opts, server, log_dir
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+
+    def over_budget(self) -> bool:
+        return time.monotonic() - self.started > self.opts.budget_s
+
+    def urls(self, prefix: str, n: int) -> list[str]:
+        return [f"{self.server.url}/{prefix}{i}" for i in range(n)]
+
+    def trial(self, mode: str, n: int, *, clip: str = "s", label: str = "", **kw: Any) -> dict[str, Any]:
+        o = self.opts
+        spec = TrialSpec(
+            mode=mode,
+            n=n,
+            urls=self.urls(clip, n),
+            duration_s=o.duration_s,
+            max_latency_s=o.max_latency_s,
+            target_fps=o.target_fps,
+            model=o.model,
+            precision=o.precision,
+            inference_threads=o.inference_threads,
+            label=label or mode,
+        )
+        for k, v in kw.items():
+            setattr(spec, k, v)
+        log = self.log_dir / f"trial-{len(self.rows):02d}-{spec.label}-{n}.log"
+        srv_c0, t0 = cpu_seconds(self.server.pid), time.monotonic()
+        busy0 = _proc_stat()
+        cmd = [sys.executable, "-m", "benchmarks.bench_cameras", "--trial", json.dumps(asdict(spec))]
+        timeout = spec.warmup_max_s + 0.2 * n + spec.duration_s + spec.max_latency_s + 60
+        with log.open("w") as err:
+            try:
+                r = subprocess.run(
+                    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout
+                )
+                out = r.stdout
+            except subprocess.TimeoutExpired as exc:
+                out = exc.stdout if isinstance(exc.stdout, str) else ""
+        wall = time.monotonic() - t0
+        lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_PREFIX)]
+        if lines:
+            row = json.loads(lines[-1][len(RESULT_PREFIX) :])
+        else:
+            tail = log.read_text(errors="replace")[-800:]
+            row = {"mode": mode, "label": spec.label, "n": n, "keeps_up": False, "error": tail}
+        row["server_cpu_cores"] = (cpu_seconds(self.server.pid) - srv_c0) / max(wall, 1e-6)
+        row["machine_busy_cores"] = _busy_cores(busy0, _proc_stat())
+        row["trial_wall_s"] = wall
+        row["loadavg_after"] = loadavg()
+        self.rows.append(row)
+        lat = (row.get("latency_s") or {}).get("p95")
+        note(
+            f"{row['label']:>22} N={n:<3} keeps_up={row['keeps_up']!s:<5} "
+            f"rate_min={(row.get('results_per_s_per_camera') or {}).get('min', 0):.2f}/s "
+            f"cores={row.get('cpu_cores', 0):.2f} p95={lat if lat is None else round(lat, 2)} s "
+            f"server={row['server_cpu_cores']:.2f} busy={row['machine_busy_cores']:.2f}"
+        )
+        return row
+
+    def search(self, mode: str, start: int, max_n: int, **kw: Any) -> dict[str, Any]:
+        """Largest N that keeps up: double from ``start`` until it fails (or ``max_n``), bisect to ~10 %."""
+        best, fail = 0, None
+        n = max(1, min(start, max_n))
+        tried: list[int] = []
+        while not self.over_budget():
+            ok = self.trial(mode, n, **kw)["keeps_up"]
+            tried.append(n)
+            if not ok:
+                fail = n
+                break
+            best = n
+            if n >= max_n:
+                break
+            n = min(n * 2, max_n)
+        while fail is not None and fail - best > max(1, int(best * 0.1)) and not self.over_budget():
+            mid = (best + fail) // 2
+            if self.trial(mode, mid, **kw)["keeps_up"]:
+                best = mid
+            else:
+                fail = mid
+            tried.append(mid)
+        return {
+            "max_cameras": best,
+            "first_failing_n": fail,
+            "capped_at_max_n": fail is None and best >= max_n,
+            "tried": tried,
+            "truncated_by_budget": self.over_budget(),
+        }
+
+    def levers(self, n: int) -> list[dict[str, Any]]:
+        """Rows at a fixed N, each changing one thing against the pingan default."""
+        from pipeline.manifest import model_entry
+
+        o = self.opts
+        rows: list[dict[str, Any]] = []
+
+        def lever(name: str, what: str, **kw: Any) -> None:
+            if self.over_budget():
+                rows.append({"lever": name, "what": what, "skipped": "time budget spent"})
+                return
+            row = self.trial("pingan", n, label=name, **kw)
+            rows.append({"lever": name, "what": what, **row})
+
+        lever("baseline", "pingan defaults: keyframe-only decode, gate off, street clip")
+        lever("full_decode", "decode every frame (PyAV, 1 thread), sample the same frames", decode="full")
+        lever("parking_gate_off", "parking-lot (static) clip, gate off", clip="p")
+        lever("parking_gate_on", "parking-lot (static) clip, static-scene gate on", clip="p", gate=True)
+        lever("street_gate_on", "street clip (pedestrians), static-scene gate on", gate=True)
+        other_threads = 1 if o.inference_threads != 1 else 2
+        lever(
+            f"inference_threads_{other_threads}",
+            "InferenceScheduler threads",
+            inference_threads=other_threads,
+        )
+        lever("intra_threads_2", "ORT intra-op threads 2 (per session)", intra_threads=2)
+        lever("spinning_on", "ORT intra-op thread spinning allowed (intra 2)", intra_threads=2, spinning=True)
+        entry = model_entry(o.model, ROOT / "models")
+        precisions = ["fp32", *entry.variants]
+        if len(precisions) > 1:
+            for p in precisions:
+                lever(f"precision_{p}", f"model variant {p}", precision=p)
+        else:
+            rows.append({"lever": "precision", "skipped": f"manifest lists only fp32 for {o.model!r}"})
+        rows.append(
+            {
+                "lever": "input_size",
+                "skipped": f"manifest lists one input size for {o.model!r} "
+                f"({entry.input.width}×{entry.input.height}, fixed in the ONNX graph)",
+            }
+        )
+        return rows
+
+
+def _proc_stat() -> tuple[int, int]:
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(vals), vals[3] + vals[4]
+
+
+def _busy_cores(a: tuple[int, int], b: tuple[int, int]) -> float:
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return (1 - idle / max(total, 1)) * (os.cpu_count() or 1)
+
+
+def run(opts: Options) -> dict[str, Any]:
+    if opts.quick:
+        opts.duration_s = min(opts.duration_s, 4.0)
+        opts.max_n, opts.start_n = min(opts.max_n, 2), 1
+        opts.naive_max_n, opts.naive_start_n = 1, 1
+        opts.lever_n = 1
+        opts.clip_seconds = 4.0
+        opts.max_latency_s = max(opts.max_latency_s, 5.0)  # a busy test machine
+    started = now_iso()
+    info = machine_info()
+    note(f"clips (cached in {opts.cache_dir}) …")
+    clips = make_clips(opts.cache_dir, opts.clip_seconds)
+    paths = {f"s{i}": clips["street"] for i in range(max(opts.max_n, opts.naive_max_n, opts.lever_n))}
+    if opts.levers:
+        paths |= {f"p{i}": clips["parking"] for i in range(opts.lever_n)}
+    log_dir = opts.cache_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    server = Server(paths, log_dir / "rtsp-server.log").start()
+    note(f"RTSP server {server.url}: {len(paths)} paths")
+    try:
+        runner = Runner(opts, server, log_dir)
+        pingan = runner.search("pingan", opts.start_n, opts.max_n)
+        naive = runner.search("naive", opts.naive_start_n, opts.naive_max_n)
+        levers = runner.levers(opts.lever_n) if opts.levers else []
+    finally:
+        server.stop()
+    ratio = pingan["max_cameras"] / naive["max_cameras"] if naive["max_cameras"] else None
+
+    def at(mode: str, n: int) -> dict[str, Any] | None:
+        ok = [r for r in runner.rows if r.get("mode") == mode and r.get("n") == n and r.get("label") == mode]
+        return ok[-1] if ok else None
+
+    best_p, best_n = at("pingan", pingan["max_cameras"]), at("naive", naive["max_cameras"])
+    summary = {
+        "pingan_max_cameras": pingan["max_cameras"],
+        "naive_max_cameras": naive["max_cameras"],
+        "ratio_pingan_over_naive": ratio,
+        "pingan_at_max": _brief(best_p),
+        "naive_at_max": _brief(best_n),
+    }
+    return {
+        "bench": "cameras",
+        "started": started,
+        "finished": now_iso(),
+        "command": "pingan bench cameras"
+        + (" --quick" if opts.quick else "")
+        + (" --levers" if opts.levers else ""),
+        "quick": opts.quick,
+        "machine": info,
+        "loadavg_at_end": loadavg(),
+        "clips": clips,
+        "criteria": {
+            "keeps_up": "every camera ≥ 0.9 × target results/s (results whose frame was captured in the "
+            "window and arrived within max_latency_s) and p95 latency ≤ max_latency_s",
+            "target_fps": opts.target_fps,
+            "max_latency_s": opts.max_latency_s,
+            "latency": "Frame.ts (stream clock anchored at the connection's first packet) → detections "
+            "applied to tracker and rules; the API's event-queryable latency is not measured here",
+            "cpu": "utime+stime of the trial process over the window (/proc/self/stat); the RTSP server and "
+            "other load are listed separately (server_cpu_cores; machine_busy_cores = the whole box, trial "
+            "included)",
+        },
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "summary": summary,
+        "pingan": pingan,
+        "naive": naive,
+        "trials": runner.rows,
+        "levers": levers,
+    }
+
+
+def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    keys = (
+        "n",
+        "cpu_cores",
+        "cpu_cores_per_camera",
+        "latency_s",
+        "dropped_frames",
+        "rss_mib",
+        "results_per_s_per_camera",
+        "server_cpu_cores",
+        "machine_busy_cores",
+    )
+    return {k: row.get(k) for k in keys}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pingan bench cameras", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    d = Options()
+    ap.add_argument("--quick", action="store_true", help="seconds, N ≤ 2: a smoke run for tests")
+    ap.add_argument("--duration-s", type=float, default=d.duration_s, help="measured window per trial")
+    ap.add_argument("--max-latency-s", type=float, default=d.max_latency_s)
+    ap.add_argument("--target-fps", type=float, default=d.target_fps, help="detections per camera-second")
+    ap.add_argument("--start-n", type=int, default=d.start_n)
+    ap.add_argument("--max-n", type=int, default=d.max_n)
+    ap.add_argument("--naive-max-n", type=int, default=d.naive_max_n)
+    ap.add_argument("--inference-threads", type=int, default=d.inference_threads)
+    ap.add_argument("--model", default=d.model)
+    ap.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "fp16", "int8"])
+    ap.add_argument("--levers", action="store_true", help="add lever rows at --lever-n cameras")
+    ap.add_argument("--lever-n", type=int, default=d.lever_n)
+    ap.add_argument("--clip-seconds", type=float, default=d.clip_seconds)
+    ap.add_argument("--budget-s", type=float, default=d.budget_s, help="stop searching after this long")
+    ap.add_argument("--cache-dir", type=Path, default=d.cache_dir)
+    ap.add_argument(
+        "--out", type=Path, default=None, help="JSON file or folder (default benchmarks/results/)"
+    )
+    ap.add_argument("--trial", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.trial:
+        return trial_main(args.trial)
+    opts = Options(**{k: v for k, v in vars(args).items() if k != "trial"})
+    payload = run(opts)
+    path = write_json(result_path("cameras", opts.out), payload)
+    s = payload["summary"]
+    note(
+        f"pingan {s['pingan_max_cameras']} cameras, naive {s['naive_max_cameras']} → ratio "
+        f"{s['ratio_pingan_over_naive']}; wrote {path}"
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

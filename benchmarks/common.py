@@ -1,0 +1,272 @@
+"""Shared benchmark helpers: machine facts, CPU/RSS accounting from /proc, percentiles, the JSON writer.
+
+Nothing here is imported by the runtime (``pipeline``/``api``); benchmarks import the runtime, never back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CACHE_DIR = ROOT / "var" / "bench"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- /proc accounting --------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat; 0.0 if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()  # fields after the command name; state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15 of stat)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct and indirect child processes of ``pid`` (by scanning /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(text[text.rindex(")") + 2 :].split()[1])
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its living descendants."""
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children_of(pid))
+
+
+def rss_mib(pid: int | str = "self", peak: bool = False) -> float:
+    """Resident set size (VmRSS, or VmHWM with ``peak``) in MiB; 0.0 if unknown."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class CpuWindow:
+    """CPU cores used by a process over a wall-clock window: ``Δ(utime+stime) / Δwall``."""
+
+    pid: int | str = "self"
+    t0: float = 0.0
+    c0: float = 0.0
+
+    def start(self) -> CpuWindow:
+        self.t0, self.c0 = time.monotonic(), cpu_seconds(self.pid)
+        return self
+
+    def cores(self) -> float:
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        return (cpu_seconds(self.pid) - self.c0) / dt
+
+
+def loadavg() -> list[float]:
+    with contextlib.suppress(OSError):
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    return []
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): how loaded the machine is by everyone."""
+
+    def snap() -> tuple[int, int]:
+        vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals), idle
+
+    try:
+        t0, i0 = snap()
+        time.sleep(seconds)
+        t1, i1 = snap()
+    except OSError:
+        return float("nan")
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
+# ---- statistics --------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100) of ``values``; None when empty."""
+    if not values:
+        return None
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Round floats (recursively in dicts/lists) for readable JSON."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+# ---- machine facts -----------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    return []
+
+
+def _mem_total_mib() -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _gpus() -> list[str]:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        r = subprocess.run(
+            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    return []
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        r = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return r.stdout.strip() or None
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU, accelerator providers, library versions, load at the time of asking."""
+    providers: list[str] = []
+    with contextlib.suppress(Exception):
+        import onnxruntime
+
+        providers = list(onnxruntime.get_available_providers())
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_mib": _mem_total_mib(),
+        "gpus": _gpus(),
+        "onnxruntime_providers": providers,
+        "versions": {
+            name: _version(dist)
+            for name, dist in (
+                ("onnxruntime", "onnxruntime"),
+                ("onnxruntime_gpu", "onnxruntime-gpu"),
+                ("av", "av"),
+                ("opencv", "opencv-python-headless"),
+                ("numpy", "numpy"),
+                ("fastapi", "fastapi"),
+                ("uvicorn", "uvicorn"),
+                ("sqlalchemy", "sqlalchemy"),
+                ("httpx", "httpx"),
+            )
+        },
+        "git_commit": _git_commit(),
+        "loadavg_at_start": loadavg(),
+    }
+
+
+# ---- output ------------------------------------------------------------------------------------------------
+
+
+def result_path(kind: str, out: Path | None = None, when: datetime | None = None) -> Path:
+    """``benchmarks/results/<kind>-<hostname>-<YYYY-MM-DD>.json``, or ``out`` (a file, or a folder for it)."""
+    when = when or datetime.now(UTC)
+    name = f"{kind}-{socket.gethostname()}-{when:%Y-%m-%d}.json"
+    if out is None:
+        return RESULTS_DIR / name
+    return out / name if out.is_dir() or out.suffix != ".json" else out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rounded(payload), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def note(message: str) -> None:
+    """Progress to stderr (stdout carries machine-readable lines in trial sub-processes)."""
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def first(items: Iterable[Any], default: Any = None) -> Any:
+    return next(iter(items), default)
