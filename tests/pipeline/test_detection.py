@@ -50,9 +50,13 @@ def _vtest_frame0() -> npt.NDArray[np.uint8]:
         return frame.to_ndarray(format="bgr24")
 
 
-@pytest.fixture(scope="module")
-def detector() -> OnnxDetector:
-    return load_detector("vehicles", MODELS, providers=["cpu"], precision="fp32")
+PRECISIONS = ["fp32", *load_manifest(MODELS).models["vehicles"].variants]
+
+
+@pytest.fixture(scope="module", params=PRECISIONS)
+def detector(request: pytest.FixtureRequest) -> OnnxDetector:
+    """Every shipped file of the model must pass the same real-footage checks."""
+    return load_detector("vehicles", MODELS, providers=["cpu"], precision=request.param)
 
 
 # ---- providers and precision ----------------------------------------------------------------------------
@@ -97,6 +101,12 @@ def test_auto_precision_picks_int8_on_cpu_fp16_on_gpu_when_listed() -> None:
     assert choose_precision(both, ["CPUExecutionProvider"], "fp32") == "fp32"
 
 
+def test_auto_on_cpu_loads_the_int8_variant_when_listed() -> None:
+    entry = load_manifest(MODELS).models["vehicles"]
+    det = load_detector("vehicles", MODELS, providers=["cpu"])
+    assert det.precision == ("int8" if "int8" in entry.variants else "fp32")
+
+
 def test_unlisted_precision_is_a_model_error() -> None:
     entry = load_manifest(MODELS).models["vehicles"]
     if "fp16" in entry.variants:
@@ -121,7 +131,7 @@ def test_altered_model_fails_at_load(tmp_path: Path) -> None:
 def test_detector_implements_protocol(detector: OnnxDetector) -> None:
     assert isinstance(detector, Detector)
     assert detector.name == "vehicles"
-    assert detector.sha256 == load_manifest(MODELS).models["vehicles"].sha256
+    assert detector.sha256 == load_manifest(MODELS).models["vehicles"].file_for(detector.precision)[1]
     assert detector.providers[0] == "CPUExecutionProvider"
     assert detector.detect([]) == []
 
