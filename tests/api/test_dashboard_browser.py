@@ -1,0 +1,116 @@
+"""Browser: a worker's event appears on an open dashboard without reload; an operator disposes of it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fixtures.api import PASSWORD, WORKER, LiveServer, make_event
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing (CI requires it)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _png() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\0" + b"\x80\x20\x20" * 8 for _ in range(8))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_live_event_and_disposition(browser, live_api: LiveServer) -> None:
+    page = browser.new_page(locale="zh-CN")  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(live_api.url + "/")
+    assert page.url.endswith("/login")
+    page.fill("input[name=username]", "op")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(live_api.url + "/")
+    page.wait_for_selector("#conn.up", timeout=5000)
+    assert page.text_content("h1") == "平安 · 视频分析"
+    page.wait_for_selector('[data-camera-id="gate-east"]')
+
+    png = _png()
+    ev = make_event()
+    ev["evidence"] = [
+        {
+            "name": "scene-1.png",
+            "taken_at": ev["started_at"],
+            "sha256": hashlib.sha256(png).hexdigest(),
+            "kind": "scene",
+        }
+    ]
+    with httpx.Client(base_url=live_api.url, headers=WORKER) as worker:
+        t0 = time.monotonic()
+        assert worker.post("/api/events", json=ev).status_code == 201
+        row = page.wait_for_selector(f'tr[data-event-id="{ev["id"]}"]', timeout=2000)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 2.0
+        r = worker.put(
+            f"/api/events/{ev['id']}/evidence/scene-1.png", content=png, headers={"Content-Type": "image/png"}
+        )
+        assert r.status_code == 201
+    assert row is not None
+    row.click()
+    page.wait_for_selector(f'#detail[data-event-id="{ev["id"]}"]')
+    page.wait_for_selector('#evidence img[alt="scene-1.png"]')
+    assert page.eval_on_selector("#evidence img", "img => img.complete && img.naturalWidth") == 8
+
+    for n, (action, remark) in enumerate(
+        [("acknowledge", "收到"), ("dispatch", "派保安"), ("resolve", "车已挪走")], start=1
+    ):
+        page.fill("#remark", remark)
+        page.click(f'#action-buttons button[data-action="{action}"]')
+        page.wait_for_function(
+            "n => document.querySelectorAll('#history li').length === n", arg=n, timeout=5000
+        )
+    items = page.eval_on_selector_all("#history li", "els => els.map(e => [e.dataset.action, e.textContent])")
+    assert [a for a, _ in items] == ["acknowledge", "dispatch", "resolve"]
+    assert "车已挪走" in items[2][1] and "op" in items[2][1]
+    assert page.get_attribute(f'tr[data-event-id="{ev["id"]}"]', "data-disposition") == "resolved"
+    assert page.query_selector_all('#action-buttons button[data-action="reopen"]')
+
+    page.click("#lang")
+    assert page.text_content("h1") == "Pingan · Video analytics"
+    page.reload()
+    page.wait_for_selector("#conn.up")
+    assert page.text_content("h1") == "Pingan · Video analytics"
+    assert errors == []
+    page.close()
