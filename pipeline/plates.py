@@ -167,6 +167,8 @@ class PlateReader:
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._loaded = False
+        # reads: crops read; fast: answered by recognition alone; detector: needed detection + recognition
+        self.stats = {"reads": 0, "fast": 0, "detector": 0, "found": 0}
 
     def _load(self) -> Any:
         if self._loaded:
@@ -245,12 +247,18 @@ class PlateReader:
             engine = self._load()
             if engine is None:
                 return None
+            self.stats["reads"] += 1
             img = self._prep(crop_bgr)
             rec, _ = engine(img, use_det=False, use_cls=False, use_rec=True)
             fast = self._best(self._texts(rec))
             if (fast is not None and fast.confidence >= self.fast_accept) or not self.use_detection:
+                self.stats["fast"] += 1
+                self.stats["found"] += fast is not None
                 return fast
+            self.stats["detector"] += 1
             full, _ = engine(crop_bgr, use_det=True, use_cls=False, use_rec=True)
             slow = self._best(self._texts(full))
             cands = [c for c in (fast, slow) if c is not None]
-            return max(cands, key=lambda c: c.confidence) if cands else None
+            got = max(cands, key=lambda c: c.confidence) if cands else None
+            self.stats["found"] += got is not None
+            return got
