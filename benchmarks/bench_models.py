@@ -45,7 +45,7 @@ def frames(n: int) -> tuple[list[Image], str]:
         with av.open(str(VTEST)) as c:
             for i, f in enumerate(c.decode(video=0)):
                 if i % 25 == 0:
-                    out.append(f.to_ndarray(format="bgr24"))
+                    out.append(np.asarray(f.to_ndarray(format="bgr24"), np.uint8))
                 if len(out) == n:
                     break
         return out, f"vtest.avi every 25th frame ({out[0].shape[1]}x{out[0].shape[0]})"

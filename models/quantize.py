@@ -54,7 +54,7 @@ def video_frames(path: Path, start: int, stop: int, every: int) -> list[Image]:
             if i >= stop:
                 break
             if i >= start and (i - start) % every == 0:
-                out.append(frame.to_ndarray(format="bgr24"))
+                out.append(np.asarray(frame.to_ndarray(format="bgr24"), np.uint8))
     return out
 
 
@@ -156,7 +156,8 @@ def main() -> None:
 
     rng = np.random.default_rng(20261126)
     calib = video_frames(VTEST, 0, 400, 8) + [street_scene(rng) for _ in range(16)]
-    held = video_frames(VTEST, 400, 795, 20) + [cv2.imread(str(p)) for p in PHOTOS if p.is_file()]
+    photos = [cv2.imread(str(p)) for p in PHOTOS if p.is_file()]
+    held = video_frames(VTEST, 400, 795, 20) + [np.asarray(p, np.uint8) for p in photos if p is not None]
     print(f"calibration images: {len(calib)}, held-out images: {len(held)}")
 
     from pipeline.adapters import preprocess

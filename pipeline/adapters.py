@@ -79,7 +79,11 @@ def preprocess(
         r = fit(w, h, pre)
         new_w, new_h = round(w * r.scale_x), round(h * r.scale_y)
         px, py = int(r.pad_x), int(r.pad_y)
-        resized = image if (new_w, new_h) == (w, h) else cv2.resize(image, (new_w, new_h), cv2.INTER_LINEAR)
+        resized = (
+            image
+            if (new_w, new_h) == (w, h)
+            else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        )
         batch[i, py : py + new_h, px : px + new_w] = resized
         resizes.append(r)
     pixels = batch[..., ::-1] if pre.rgb else batch

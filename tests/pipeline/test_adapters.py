@@ -128,7 +128,7 @@ def _reference_nanodet(outs, w, h, thr, iou_thr, offset):  # type: ignore[no-unt
                 best = max(float(scores[cell, c]) for c in range(len(CLASS_MAP)) if CLASS_MAP[c] == label)
                 if best > thr:
                     cands.append((best, label, box))
-    kept = []
+    kept: list[tuple[float, int, list[float]]] = []
     for score, label, box in sorted(cands, key=lambda c: -c[0]):
         if all(
             lab != label or box_iou(np.array([box], np.float32), np.array([b], np.float32))[0, 0] <= iou_thr
@@ -191,9 +191,10 @@ def test_nanodet_nothing_above_threshold_is_empty() -> None:
 # ---- YOLO ---------------------------------------------------------------------------------------------
 
 
-def _yolo_tensor(
-    objects: list[list[tuple[float, float, float, float, int, float]]], nc: int, n: int
-) -> np.ndarray:
+Obj = tuple[float, float, float, float, int, float]
+
+
+def _yolo_tensor(objects: list[list[Obj]], nc: int, n: int) -> np.ndarray:
     """[b, 4+nc, n] with the given (cx, cy, w, h, class, score) rows; other anchors score ~0."""
     rng = np.random.default_rng(0)
     out = np.zeros((len(objects), 4 + nc, n), np.float32)
@@ -209,8 +210,8 @@ def _yolo_tensor(
 def test_yolo_known_boxes_round_trip_with_letterbox() -> None:
     pre = Preprocess(320, 320, letterbox=True)
     r0, r1 = fit(640, 320, pre), fit(320, 320, pre)  # scale 0.5 + pad_y 80; identity
-    objs0 = [(80, 120, 40, 20, 0, 0.9)]  # model (60,110)-(100,130) → source: minus pad, /0.5
-    objs1 = [(100, 100, 50, 50, 1, 0.8), (200, 200, 20, 40, 2, 0.7)]
+    objs0: list[Obj] = [(80, 120, 40, 20, 0, 0.9)]  # model (60,110)-(100,130) → source: minus pad, /0.5
+    objs1: list[Obj] = [(100, 100, 50, 50, 1, 0.8), (200, 200, 20, 40, 2, 0.7)]
     out = _yolo_tensor([objs0, objs1], nc=3, n=64)
     class_map = np.array([VEHICLE, PERSON, -1], np.int64)
     d0, d1 = from_yolo_output(out, class_map, [r0, r1], score_threshold=0.25)
@@ -222,7 +223,7 @@ def test_yolo_known_boxes_round_trip_with_letterbox() -> None:
 
 def test_yolo_nms_suppresses_duplicates_and_merges_mapped_classes() -> None:
     # Same object seen as class 0 and class 1, both mapped to vehicle; plus a shifted duplicate.
-    objs = [(100, 100, 60, 40, 0, 0.9), (101, 100, 60, 40, 1, 0.8), (103, 102, 58, 40, 0, 0.6),
+    objs: list[Obj] = [(100, 100, 60, 40, 0, 0.9), (101, 100, 60, 40, 1, 0.8), (103, 102, 58, 40, 0, 0.6),
             (250, 250, 30, 30, 0, 0.5)]  # fmt: skip
     out = _yolo_tensor([objs], nc=2, n=32)
     (d,) = from_yolo_output(out, np.array([VEHICLE, VEHICLE]), [fit(320, 320, Preprocess(320, 320))])

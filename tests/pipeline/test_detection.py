@@ -39,7 +39,7 @@ def _bus() -> npt.NDArray[np.uint8]:
 
     image = cv2.imread(str(_require(BUS_JPG)))
     assert image is not None
-    return image
+    return np.asarray(image, np.uint8)
 
 
 def _vtest_frame0() -> npt.NDArray[np.uint8]:
@@ -47,7 +47,7 @@ def _vtest_frame0() -> npt.NDArray[np.uint8]:
 
     with av.open(str(_require(VTEST_AVI))) as container:
         frame = next(container.decode(video=0))
-        return frame.to_ndarray(format="bgr24")
+        return np.asarray(frame.to_ndarray(format="bgr24"), np.uint8)
 
 
 PRECISIONS = ["fp32", *load_manifest(MODELS).models["vehicles"].variants]
