@@ -59,6 +59,8 @@ from pipeline.protocols import EventSink
 log = logging.getLogger(__name__)
 
 NEVER_DROP = 3
+VACUUM_EVERY_S = 60.0
+VACUUM_MIN_FREE_PAGES = 256
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -186,6 +188,7 @@ class Outbox:
         self._alarming = False
         self._last_error: str | None = None
         self._thread: threading.Thread | None = None
+        self._vacuumed_at = time.monotonic()
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock()
@@ -227,6 +230,7 @@ class Outbox:
         except sqlite3.Error as e:
             raise OutboxError(f"cannot open outbox spool {self.path}: {e}") from e
         try:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new spool only
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -547,6 +551,16 @@ class Outbox:
         d = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(max(failures - 1, 0), 30))
         return d * self._rng.uniform(0.5, 1.0)
 
+    def _maybe_vacuum(self) -> None:
+        """When idle, return freed pages to the file system (at most once a minute; caller holds the lock)."""
+        now = time.monotonic()
+        if now - self._vacuumed_at < VACUUM_EVERY_S:
+            return
+        self._vacuumed_at = now
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        if free > VACUUM_MIN_FREE_PAGES:
+            self._db.execute("PRAGMA incremental_vacuum")
+
     def _candidates(self, now: float) -> list[int]:
         """Rows eligible now: the lowest pending seq of each event id, oldest first, not backing off."""
         waiting = sum(1 for due, _ in self._retry_at.values() if due > now)
@@ -567,13 +581,15 @@ class Outbox:
         try:
             while not self._stopping():
                 try:
+                    self._wake.clear()
                     with self._lock:
                         if self._closed:
                             return
                         batch = self._candidates(time.monotonic())
+                        if not batch:
+                            self._maybe_vacuum()
                     if not batch:
                         self._wake.wait(self.poll_s)
-                        self._wake.clear()
                         continue
                     for row_id in batch:
                         if self._stopping():

@@ -336,3 +336,24 @@ def test_backs_off_while_the_sink_is_down(tmp_path: Path) -> None:
         assert box.pending(1)[0].attempts >= 1
     # capped exponential backoff: ~0.05, 0.1, 0.2, 0.2 … s (jitter ×0.5–1) → well under 40 tries in 1 s
     assert 3 <= sink.calls <= 40
+
+
+def test_byte_bound_drops_updates_with_big_files(tmp_path: Path) -> None:
+    alarms: list[tuple[bool, int, int]] = []
+    box = Outbox(
+        tmp_path / "o.db",
+        MemorySink(),
+        threading.Event(),
+        max_bytes=30_000,
+        on_alarm=lambda *a: alarms.append(a),
+        start=False,
+        **FAST,  # type: ignore[arg-type]
+    )
+    eid = str(uuid7())
+    box.put(ev(eid, 0, EventState.OPEN), {"scene-1.jpg": b"x" * 12_500})
+    box.put(ev(eid, 1, EventState.UPDATE), {"scene-2.jpg": b"x" * 12_500})
+    assert alarms == [(True, 2, 50_000)]  # 80 % of the bytes
+    box.put(ev(eid, 2, EventState.CLOSED), {"scene-3.jpg": b"x" * 12_500})
+    assert [p.seq for p in box.pending()] == [0, 2]
+    assert box.size_bytes() <= 30_000 and box.stats()["dropped"] == 1
+    box.close(1.0)
