@@ -138,6 +138,8 @@ def render_still(
     label_font = load_font(max(12, round(w / 55)))
     for (x1, y1, x2, y2), label in boxes:
         bx = (max(0.0, x1), max(0.0, y1), min(w - 1.0, x2), min(h - 1.0, y2))
+        if bx[2] <= bx[0] or bx[3] <= bx[1]:
+            continue  # nothing of it inside the image
         draw.rectangle(bx, outline=BOX_COLOUR, width=thick)
         if label:
             tw = _text_width(draw, label, label_font)

@@ -109,6 +109,10 @@ def test_long_caption_is_kept_inside_and_empty_caption_works() -> None:
     img = scene(100, 160)
     assert decode(render_still(img, ["很长的说明" * 40], [((0, 0, 159, 99), "")])).shape[1] == 160
     assert decode(render_still(img, [], [])).shape[0] > 100
+    assert (
+        decode(render_still(img, ["x"], [((500, 500, 600, 600), "outside"), ((-5, -5, 20, 20), "")]))
+        is not None
+    )
 
 
 def test_format_caption_local_time_with_offset() -> None:
