@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from pipeline.detection import OnnxDetector, choose_precision, choose_providers, load_detector
-from pipeline.detections import PERSON, VEHICLE, box_iou
+from pipeline.detections import BIN, PERSON, VEHICLE, box_iou
 from pipeline.errors import DetectorError, ModelError
 from pipeline.manifest import Variant, load_manifest
 from pipeline.protocols import Detector
@@ -179,3 +179,70 @@ def test_import_does_not_pull_training_frameworks() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+# ---- a YOLO-layout model with a dynamic batch, end to end -----------------------------------------------
+
+
+def _toy_yolo(path: Path, size: int = 64) -> None:
+    """An ONNX graph that outputs the same [b, 4+2, 3] prediction for every image of a dynamic batch:
+    one box (cx 32, cy 16, w 16, h 8) of class 0 at 0.9, a duplicate at 0.6, a class-1 box at 0.1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pred = np.array(
+        [[32, 33, 10], [16, 16, 10], [16, 16, 4], [8, 8, 4], [0.9, 0.6, 0.0], [0.0, 0.0, 0.1]], np.float32
+    )[None]
+    nodes = [
+        helper.make_node("Shape", ["images"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+        helper.make_node("Concat", ["batch", "rest"], ["out_shape"], axis=0),
+        helper.make_node("Expand", ["pred", "out_shape"], ["output0"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(pred, "pred"),
+        onnx.numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+        onnx.numpy_helper.from_array(np.array([6, 3], np.int64), "rest"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 6, 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_yolo_model_with_dynamic_batch_end_to_end(tmp_path: Path) -> None:
+    import yaml
+
+    from pipeline.manifest import sha256_file
+
+    _toy_yolo(tmp_path / "toy.onnx")
+    entry = {
+        "file": "toy.onnx",
+        "sha256": sha256_file(tmp_path / "toy.onnx"),
+        "input": {"width": 64, "height": 64, "color": "RGB", "letterbox": True},
+        "adapter": "yolo",
+        "classes": ["bin", "bin_overflow"],
+        "labels": {"bin": "bin", "bin_overflow": "bin_overflow"},
+        "score_threshold": 0.25,
+        "provenance": {"command": "tests"},
+        "licence": "test",
+    }
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump({"models": {"toy": entry}}), encoding="utf-8")
+    det = load_detector("toy", tmp_path, providers=["cpu"], max_batch=2)
+    assert det.max_batch == 2 and det.precision == "fp32"
+    images = [np.zeros((h, w, 3), np.uint8) for w, h in [(64, 64), (128, 64), (128, 128)]]
+    results = det.detect(images)  # two calls: a batch of 2, then 1
+    assert len(results) == 3
+    # Model box (24, 12)-(40, 20). 128×64 is scaled by 0.5 and padded by 16 rows (y1 = (12-16)/0.5 = -8,
+    # clipped to 0); 128×128 is scaled by 0.5.
+    expected = [[24, 12, 40, 20], [48, 0, 80, 8], [48, 24, 80, 40]]
+    for d, box in zip(results, expected, strict=True):
+        assert d.class_id.tolist() == [BIN]  # the duplicate is suppressed, the 0.1 box is under threshold
+        np.testing.assert_allclose(d.xyxy[0], box, atol=1e-4)
