@@ -31,7 +31,7 @@ from api.errors import ApiError, NotFound
 from api.routers.common import camera_public, event_meta, event_public
 from api.runtime import Runtime
 from api.schemas import CameraStatusIn
-from api.store import PutStatus
+from api.store import EventView, PutStatus
 from pipeline import bus
 from pipeline.events import Event
 from pipeline.redact import mask_url
@@ -40,13 +40,18 @@ log = logging.getLogger("pingan.api.bus")
 STATUS_FIELDS = frozenset(CameraStatusIn.model_fields)
 
 
-def ingest(rt: Runtime, ev: Event, worker: str) -> PutStatus:
-    """Store one message and tell live subscribers, exactly as ``POST /api/events`` does (after its auth)."""
-    status, view = rt.store.put_event(ev, worker)
-    if view is not None:
-        pub = event_public(view, rt)
-        rt.broadcaster.publish("event", pub.model_dump(mode="json"), event_meta(pub))
-    return status
+def ingest(rt: Runtime, ev: Event, worker: str) -> tuple[PutStatus, EventView | None]:
+    """Store one message: the store call of ``POST /api/events`` (after its auth), idempotent by (id, seq)."""
+    return rt.store.put_event(ev, worker)
+
+
+def event_live(rt: Runtime, event_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The live-feed ``event`` message for a stored event, as ``POST /api/events`` publishes it."""
+    view = rt.store.get_event(event_id)
+    if view is None:
+        return None
+    pub = event_public(view, rt)
+    return pub.model_dump(mode="json"), event_meta(pub)
 
 
 class BusConsumer:
@@ -231,14 +236,16 @@ class BusConsumer:
             return
         redelivered = _num_delivered(msg) > 1
         try:
-            status = await asyncio.to_thread(ingest, self.rt, ev, f"nats:{where[0]}")
+            status, view = await asyncio.to_thread(ingest, self.rt, ev, f"nats:{where[0]}")
             fetched = await self._evidence(ev)
             if status in ("created", "updated"):
                 self.stored += 1
-            if fetched or (redelivered and status in ("duplicate", "stale")):
-                # Show the evidence now stored; or the replica that stored it may have died before its feed
-                # saw it: publishing again is harmless (clients key events by id).
-                await asyncio.to_thread(self._republish, ev.id)
+            if view is not None or fetched or redelivered:
+                # A redelivered message may have been stored by a replica that died before the live feed saw
+                # it: showing it again is harmless (clients key events by id).
+                live = await asyncio.to_thread(event_live, self.rt, ev.id)
+                if live is not None:
+                    await self._show("event", *live)
         except ApiError as e:  # Conflict: the id belongs to another camera/type; never valid
             log.error("bus: dropping %s#%d: %s", ev.id, ev.seq, e.message)
             await _quiet(msg.term())
@@ -276,11 +283,19 @@ class BusConsumer:
                 log.warning("bus: evidence %s of %s not stored: %s", item.name, ev.id, e.message)
         return n
 
-    def _republish(self, event_id: str) -> None:
-        view = self.rt.store.get_event(event_id)
-        if view is not None:
-            pub = event_public(view, self.rt)
-            self.rt.broadcaster.publish("event", pub.model_dump(mode="json"), event_meta(pub))
+    async def _show(self, kind: str, data: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Publish on this replica's live feed and, on the same connection *before* the ack that follows,
+        on the live subject: when the ack reached the server, so did the other replicas' copy."""
+        self.rt.broadcaster.publish(kind, data, {**meta, "relay": self.replica_id})
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        body = json.dumps({"o": self.replica_id, "k": kind, "m": meta, "d": data}, default=str,
+                          ensure_ascii=False, separators=(",", ":"))
+        try:  # buffered by the client while it reconnects
+            await nc.publish(bus.live_subject(self.prefix, self.site_id), body.encode())
+        except Exception as e:
+            log.debug("bus: live message not sent: %s", type(e).__name__)
 
     # ---- camera status --------------------------------------------------------------------------
 
@@ -319,15 +334,15 @@ class BusConsumer:
     # ---- live relay -----------------------------------------------------------------------------
 
     async def _relay(self, sub: Subscription) -> None:
-        """Republish this replica's own live messages for the other replicas."""
+        """Republish this replica's own live messages (HTTP posts, dispositions, camera health)."""
         subject = bus.live_subject(self.prefix, self.site_id)
         while True:
             msg: Message = await sub.queue.get()
             if msg is CLOSE:
                 return
             nc = self._nc
-            if nc is None or not nc.is_connected:
-                continue  # best effort, like the live feed itself
+            if nc is None or nc.is_closed:
+                continue  # best effort, like the live feed itself (a reconnecting client buffers)
             body = msg.text.split("\ndata: ", 1)[1].rstrip("\n")
             head = json.dumps({"o": self.replica_id, "k": msg.kind, "m": msg.meta}, default=str)
             try:
