@@ -27,6 +27,8 @@ Points = Sequence[tuple[float, float]]
 class SceneGate:
     """``SceneGate(zone_polygons, frame_shape).changed(image, ts) -> bool``. One per camera; not thread-safe.
 
+    ``changed`` replaces the reference only when it answers True; ``anchor(image, ts)`` replaces it always.
+
     - ``zone_polygons``: polygons in pixel coordinates of the full frame; empty means the whole frame.
     - ``frame_shape``: (height, width[, channels]) of the frames to come (a different shape resets the gate).
     - ``pixel_threshold``: gray-level change (0–255) for a small pixel to count as changed.
@@ -118,6 +120,12 @@ class SceneGate:
         if self.last_score * self._area >= need:
             return self._take(cur, now)
         return False
+
+    def anchor(self, image: npt.NDArray[np.uint8], ts: float | None = None) -> None:
+        """Make ``image`` the reference unconditionally (e.g. the frame a detection just ran on)."""
+        if tuple(image.shape[:2]) != self._hw:
+            self._setup(tuple(image.shape[:2]))
+        self._take(self.small(image), time.monotonic() if ts is None else ts)
 
     def _score(self, cur: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]) -> float:
         diff = (cur - ref)[self._mask]

@@ -73,3 +73,11 @@ def test_no_zones_watches_whole_frame_and_is_cheap() -> None:
     per_frame = (time.perf_counter() - t) / 20
     assert gate.changed(moved, ts=30.0)
     assert per_frame < 0.01  # ~0.6 ms here; generous for a loaded CI box
+
+
+def test_anchor_replaces_the_reference() -> None:
+    gate = SceneGate([ZONE], (H, W, 3), refresh_s=1e9)
+    gate.changed(frame(0, 0.0), ts=0.0)
+    gate.anchor(frame(30, 3.0), ts=3.0)  # e.g. the frame a detection ran on
+    assert not gate.changed(frame(31, 3.1), ts=3.1)
+    assert gate.changed(frame(32, 0.0), ts=3.2)  # the car is gone again
