@@ -299,3 +299,49 @@ def test_unknown_event_is_404_and_bad_id_422(api_client, auth_headers):
     assert api_client.get("/api/events/0192f1c2-0000-7000-8000-000000000000", headers=h).status_code == 404
     assert api_client.get("/api/events/..%2F..%2Fetc", headers=h).status_code in (404, 422)
     assert api_client.get("/api/events/not-an-id", headers=h).status_code == 422
+
+
+def test_fuzzed_bodies_never_500(api_client):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    base = make_event()
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=8,
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(key=st.sampled_from([*sorted(base), "extra"]), value=values)
+    def run(key, value):
+        body = dict(base, **{key: value})
+        r = post(api_client, body)
+        assert r.status_code < 500, r.text
+
+    run()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"cursor": "é"},
+        {"cursor": "AAAA" * 40},
+        {"since": "9999-99-99"},
+        {"limit": "x"},
+        {"type": "é" * 100},
+        {"camera_id": "x" * 1000},
+        {"state": ""},
+        {"until": "2026-11-26T08:00:00+25:00"},
+    ],
+)
+def test_bad_query_params_are_4xx(api_client, auth_headers, params):
+    r = api_client.get("/api/events", params=params, headers=auth_headers("op"))
+    assert 400 <= r.status_code < 500, (params, r.text)
