@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from api.auth import COOKIE, USER_ROLES, Principal, issue_token, public, require_page, verify_password
-from api.errors import Unauthorized
+from api.errors import ApiError, Unauthorized
 from api.http import json_body
 from api.runtime import RuntimeDep
 from api.schemas import MePublic, TokenIn, TokenPublic
@@ -22,11 +22,20 @@ Public = Annotated[None, Depends(public)]
 Page = Annotated[Principal, Depends(require_page("operator", "police", "admin"))]
 
 
+class TooManyAttempts(ApiError):
+    status, code = 429, "too_many_requests"
+
+
 def _check_login(rt: RuntimeDep, username: str, password: str) -> str | None:
+    """The user name when the password is right; None when wrong; TooManyAttempts after repeated failures."""
+    if rt.throttle.locked(username):
+        raise TooManyAttempts("too many failed logins; wait a few minutes", headers={"Retry-After": "300"})
     user = rt.store.user(username)
     ok = verify_password(user["password_hash"] if user else None, password)
     if not ok or user is None or user["disabled"] or user["role"] not in USER_ROLES:
+        rt.throttle.failed(username)
         return None
+    rt.throttle.succeeded(username)
     return str(user["username"])
 
 
@@ -47,7 +56,10 @@ def login(
     username: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=1024)],
 ) -> RedirectResponse:
-    name = _check_login(rt, username, password)
+    try:
+        name = _check_login(rt, username, password)
+    except TooManyAttempts:
+        return RedirectResponse("/login?locked=1", status_code=303)
     if name is None:
         return RedirectResponse("/login?failed=1", status_code=303)
     resp = RedirectResponse("/", status_code=303)

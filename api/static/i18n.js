@@ -4,7 +4,7 @@ var I18N = (function () {
   var dict = {
     "zh-CN": {
       title: "平安 · 视频分析", username: "用户名", password: "密码", login: "登录", logout: "退出",
-      login_failed: "用户名或密码错误", switch_lang: "English", events: "实时事件", cameras: "摄像头状态",
+      login_failed: "用户名或密码错误", login_locked: "登录失败次数过多，请稍后再试", switch_lang: "English", events: "实时事件", cameras: "摄像头状态",
       detail: "事件详情", none_selected: "请选择一个事件", time: "时间", type: "类型", camera: "摄像头",
       zone: "区域", dwell: "停留", state: "状态", disposition: "处置", plate: "车牌", grid: "网格",
       evidence: "证据", history: "处置记录", remark: "备注", live: "实时连接", offline: "连接中断",
@@ -20,7 +20,8 @@ var I18N = (function () {
     },
     en: {
       title: "Pingan · Video analytics", username: "Username", password: "Password", login: "Log in",
-      logout: "Log out", login_failed: "Wrong username or password", switch_lang: "中文", events: "Live events",
+      logout: "Log out", login_failed: "Wrong username or password",
+      login_locked: "Too many failed logins; try again in a few minutes", switch_lang: "中文", events: "Live events",
       cameras: "Cameras", detail: "Event detail", none_selected: "Select an event", time: "Time", type: "Type",
       camera: "Camera", zone: "Zone", dwell: "Dwell", state: "State", disposition: "Disposition", plate: "Plate",
       grid: "Grid", evidence: "Evidence", history: "History", remark: "Remark", live: "Live", offline: "Disconnected",

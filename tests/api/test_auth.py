@@ -222,3 +222,17 @@ def test_worker_cannot_use_user_routes(api_client):
         ).status_code
         == 403
     )
+
+
+def test_repeated_failed_logins_are_throttled(api_client, api_users):
+    for _ in range(5):
+        assert (
+            api_client.post("/api/token", json={"username": "op", "password": "wrong-wrong"}).status_code
+            == 401
+        )
+    r = api_client.post("/api/token", json={"username": "op", "password": PASSWORD})
+    assert r.status_code == 429 and r.headers["retry-after"] == "300"
+    r = api_client.post("/login", data={"username": "OP", "password": PASSWORD}, follow_redirects=False)
+    assert r.headers["location"] == "/login?locked=1"
+    # other users are unaffected
+    assert api_client.post("/api/token", json={"username": "admin", "password": PASSWORD}).status_code == 200
