@@ -17,9 +17,22 @@ from api.settings import Settings
 
 
 class Server(uvicorn.Server):
+    """uvicorn.Server that ends live streams as soon as it is asked to exit: by a signal, by ``stop()`` or by
+    setting ``should_exit = True`` from another thread (what an embedding CLI does)."""
+
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
         self.runtime: Runtime = app.state.pingan
+        super().__init__(config)
+
+    @property  # type: ignore[override]
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        if value:
+            self.runtime.broadcaster.close()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.runtime.broadcaster.close()
@@ -27,7 +40,6 @@ class Server(uvicorn.Server):
 
     def stop(self) -> None:
         """Ask a server running in another thread to stop (thread-safe)."""
-        self.runtime.broadcaster.close()
         self.should_exit = True
 
 

@@ -112,14 +112,11 @@ def config_schema_cmd() -> None:
 
 
 def _uvicorn_server(cfg: Config):  # type: ignore[no-untyped-def]
-    import uvicorn
-
-    from api.app import create_app
+    # api.server's Server ends open live (SSE) streams on exit; plain uvicorn would wait on them forever
+    from api.server import create_server
     from api.settings import settings_from_config
 
-    application = create_app(settings_from_config(cfg))
-    uv = uvicorn.Config(application, host=cfg.api.host, port=cfg.api.port, log_level="warning", lifespan="on")
-    return uvicorn.Server(uv)
+    return create_server(settings_from_config(cfg), cfg.api.host, cfg.api.port, log_level="warning")
 
 
 def _supervise(cfg: Config, camera_ids: list[str] | None, redactor: object, stop: threading.Event):  # type: ignore[no-untyped-def]
