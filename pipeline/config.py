@@ -182,6 +182,9 @@ class Camera(_Strict):
     models: list[Ident] = ["vehicles"]
     grid: GridPath | None = None
     enabled: bool = True
+    # Skip inference while the zones look unchanged (detections carry forward); re-detect at least this often.
+    static_gate: bool = True
+    gate_refresh_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     zones: list[Zone] = []
 
     @field_validator("models", mode="before")

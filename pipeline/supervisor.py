@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import Camera, Config
+from pipeline.errors import ModelError, PinganError
 from pipeline.events import Event, ModelRef
 from pipeline.health import CameraHealth
 from pipeline.incidents import IncidentBuilder
@@ -64,6 +65,7 @@ class Supervisor:
     inference_threads: int = 1
     plate_reading: bool = True
     workers: list[CameraWorker] = field(default_factory=list)
+    _model_errors: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         from pipeline.outbox import Outbox
@@ -73,6 +75,16 @@ class Supervisor:
         data_dir.mkdir(parents=True, exist_ok=True)
         if self.detectors is None:
             self.detectors = self._load_detectors()
+        # A camera whose model could not be loaded is reported, not run; the other cameras go on.
+        self.unavailable: dict[str, str] = {}
+        for cam in self.cameras:
+            missing = [m for m in cam.models if m not in self.detectors]
+            if missing:
+                self.unavailable[cam.id] = (
+                    f"model {', '.join(missing)} unavailable: {self._model_errors.get(missing[0])}"
+                )
+                log.error("camera %s not started: %s", cam.id, self.unavailable[cam.id])
+        self.cameras = [c for c in self.cameras if c.id not in self.unavailable]
         if self.sink is None:
             from pipeline.sinks import HttpSink
 
@@ -116,16 +128,21 @@ class Supervisor:
 
         names = sorted({m for c in self.cameras for m in c.models})
         d = self.config.detector
-        return {
-            n: load_detector(
-                n,
-                self.models_dir,
-                providers=d.providers,
-                intra_op_threads=d.intra_op_threads,
-                precision=d.precision,
-            )
-            for n in names
-        }
+        out: dict[str, Detector] = {}
+        for n in names:
+            try:
+                out[n] = load_detector(
+                    n,
+                    self.models_dir,
+                    providers=d.providers,
+                    intra_op_threads=d.intra_op_threads,
+                    precision=d.precision,
+                )
+            except PinganError as err:
+                self._model_errors[n] = str(err)
+        if names and not out:
+            raise ModelError("no model could be loaded: " + "; ".join(self._model_errors.values()))
+        return out
 
     def _open_source(self, camera: Camera, stop: threading.Event) -> FrameSource:
         from pipeline.sources import open_source
@@ -172,6 +189,11 @@ class Supervisor:
 
     def report_status(self) -> None:
         now_wall, now_mono = time.time(), time.monotonic()
+        put_status = getattr(self.sink, "put_status", None)
+        for cam_id, reason in self.unavailable.items():
+            if put_status is not None:
+                cam = self.config.camera(cam_id)
+                put_status(cam_id, {"name": cam.name, "state": "stopped", "reason": reason[:480]})
         for w in self.workers:
             st = w.status()
             event: Event | None = self.health[w.camera.id].update(st.source, now_wall, now_mono)
@@ -192,7 +214,6 @@ class Supervisor:
                 "detector_ms": st.detector_ms,
                 "outbox_depth": self.outbox.depth(),
             }
-            put_status = getattr(self.sink, "put_status", None)
             if put_status is not None:
                 put_status(w.camera.id, payload)
 

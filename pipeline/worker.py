@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pipeline.config import Camera, FileSource, SiteConfig, ZoneType
 from pipeline.detections import Detections
+from pipeline.gate import SceneGate
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
@@ -67,8 +68,6 @@ class CameraWorker:
         source_factory: SourceFactory,
         rules: list[Rule] | None = None,
         tracker: object | None = None,
-        gate: object | None = None,
-        gate_refresh_s: float = 30.0,
     ) -> None:
         from pipeline.tracking import Tracker
 
@@ -79,8 +78,7 @@ class CameraWorker:
         self.source_factory = source_factory
         self.rules = build_rules(camera, site) if rules is None else rules
         self.tracker = tracker if tracker is not None else Tracker()
-        self.gate = gate
-        self.gate_refresh_s = gate_refresh_s
+        self.gate: SceneGate | None = None
         self._lock = threading.Lock()
         self._source: FrameSource | None = None
         self._last_dets: Detections | None = None
@@ -127,10 +125,13 @@ class CameraWorker:
     # ---- per frame ----------------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        if self.gate is not None and self._last_dets is not None and self._last_det_ts is not None:
-            fresh = frame.ts - self._last_det_ts < self.gate_refresh_s
-            if fresh and not self.gate.changed(frame.image):  # type: ignore[attr-defined]
-                # Scene unchanged in the zones: carry the last detections forward so dwell timers run on.
+        if self.camera.static_gate:
+            if self.gate is None:  # made on the first frame: it needs the frame size
+                polygons = [z.polygon for z in self.camera.zones]
+                self.gate = SceneGate(polygons, frame.image.shape, refresh_s=self.camera.gate_refresh_s)
+            changed = self.gate.changed(frame.image, frame.ts)
+            if not changed and self._last_dets is not None:
+                # Zones unchanged since the last detection: carry its result forward so dwell timers run on.
                 self._gated += 1
                 self._apply(frame, self._last_dets, detected=False)
                 return
@@ -145,8 +146,6 @@ class CameraWorker:
                 self._detections += 1
                 self._last_dets = dets
                 self._last_det_ts = frame.ts
-                if self.gate is not None:
-                    self.gate.changed(frame.image)  # type: ignore[attr-defined]  # re-anchor the reference
             tracked = self.tracker.update(dets, frame.ts)  # type: ignore[attr-defined]
             signals: list[RuleSignal] = []
             for rule in self.rules:

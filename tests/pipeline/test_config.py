@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import time
@@ -130,11 +131,13 @@ def test_schema_is_json() -> None:
 
 def test_repo_demo_config_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PINGAN_DEMO_USER="demo", PINGAN_DEMO_PASSWORD="demo-password")
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "check-config", str(root / "cameras.yaml")],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
 
