@@ -137,7 +137,6 @@ class Source:
         self._dropped = 0
         self._reconnects = 0
         self._emitted: deque[float] = deque(maxlen=64)
-        self._running_since = self._since
         self._last_data = self._since  # monotonic time of the last packet
 
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
@@ -157,7 +156,7 @@ class Source:
             except queue.Empty:
                 self._watchdog(time.monotonic())
                 thread = self._thread
-                if self._stopping() and (thread is None or not thread.is_alive()):
+                if thread is None or not thread.is_alive():  # the reader is gone and its end was taken
                     return
                 continue
             if item is _END:
@@ -169,8 +168,9 @@ class Source:
         self._watchdog(now)
         with self._lock:
             recent = [t for t in self._emitted if now - t <= _FPS_WINDOW_S]
-            span = min(_FPS_WINDOW_S, max(now - self._running_since, 1e-3))
-            fps = len(recent) / span if self._state in (SourceState.RUNNING, SourceState.STALLED) else 0.0
+            fps = 0.0
+            if len(recent) >= 2 and self._state in (SourceState.RUNNING, SourceState.STALLED):
+                fps = (len(recent) - 1) / max(now - recent[0], 1e-3)
             return SourceStatus(
                 state=self._state,
                 since=self._since,
@@ -235,14 +235,9 @@ class Source:
             self._state, self._reason = state, reason
             if changed:
                 self._since = time.monotonic()
-                if state is SourceState.RUNNING:
-                    self._running_since = self._since
         if changed:
-            level = (
-                logging.INFO if state in (SourceState.RUNNING, SourceState.CONNECTING) else logging.WARNING
-            )
-            if state is SourceState.STOPPED:
-                level = logging.INFO
+            offline = state in (SourceState.STALLED, SourceState.BACKOFF)
+            level = logging.WARNING if offline else logging.INFO
             log.log(level, "camera %s: %s%s", self.camera_id, state.value, f" ({reason})" if reason else "")
 
     def _watchdog(self, now: float) -> None:

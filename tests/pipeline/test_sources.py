@@ -284,3 +284,25 @@ def test_rtsp_wrong_password_is_reported_masked(
         for text in texts:
             assert secret not in text
     assert set(redactor.secrets) >= {good, bad, quote(good, safe=""), quote(bad, safe="")}
+
+
+def test_frames_after_the_end_returns_at_once(parking_clip: Path) -> None:
+    with Source(parking_clip, detect_fps=1.0, loop=False, realtime=False) as src:
+        assert len(list(src.frames())) >= 9
+        t = time.monotonic()
+        assert list(src.frames()) == []
+        assert time.monotonic() - t < 2
+
+
+@pytest.mark.rtsp
+def test_rtsp_status_fps_and_full_mode(
+    rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
+) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    src = open_source(rtsp_camera(srv.url("cam1"), detect_fps=4.0), threading.Event())
+    c = Collector(src)
+    assert c.wait_frames(12, 10)  # above the keyframe rate: full decode, 4 of 10 frames a second
+    st = src.status()
+    assert 2.5 < st.fps < 5.5, st
+    assert any(not f.keyframe for _, f in c.got)
+    c.close()
