@@ -528,6 +528,19 @@ class Store:
         with self._read() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
+    def audit_page(
+        self, target_type: str | None, target_id: str | None, limit: int, before_id: int | None
+    ) -> list[dict[str, Any]]:
+        q = select(audit_t).order_by(audit_t.c.id.desc()).limit(limit)
+        if target_type is not None:
+            q = q.where(audit_t.c.target_type == target_type)
+        if target_id is not None:
+            q = q.where(audit_t.c.target_id == target_id)
+        if before_id is not None:
+            q = q.where(audit_t.c.id < before_id)
+        with self._read() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
     # ---- users ----------------------------------------------------------------------------------
 
     def user(self, username: str) -> dict[str, Any] | None:

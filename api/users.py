@@ -17,8 +17,8 @@ ADMIN_USERNAME = "admin"
 
 
 def parse_scope(scope: Iterable[str] | str | None) -> tuple[list[str] | None, list[str] | None]:
-    """Scope entries are camera ids (``gate-east``) or grid prefixes (``grid:fangshan/xilu``); a
-    comma-separated string works too. Nothing (or ``*``) means every camera."""
+    """Scope entries are camera ids (``gate-east``) or grid prefixes (``grid:fangshan`` or any path with a
+    slash, ``fangshan/xilu``); a comma-separated string works too. Nothing (or ``*``) means every camera."""
     if scope is None:
         return None, None
     items = [s.strip() for s in (scope.split(",") if isinstance(scope, str) else scope) if s.strip()]
@@ -27,7 +27,7 @@ def parse_scope(scope: Iterable[str] | str | None) -> tuple[list[str] | None, li
     cameras: list[str] = []
     grids: list[str] = []
     for item in items:
-        if item.startswith("grid:"):
+        if item.startswith("grid:") or "/" in item:  # camera ids never contain "/"
             g = item.removeprefix("grid:").strip("/")
             if not GRID_RE.match(g):
                 raise ValueError(f"not a grid path: {item!r}")

@@ -210,6 +210,7 @@ def test_users_helpers(api_settings):
     assert add_user(api_settings, "x", PASSWORD, "operator", None) is False
     assert parse_scope("gate-east, grid:a/b/,lot-north") == (["gate-east", "lot-north"], ["a/b"])
     assert parse_scope("*") == (None, None)
+    assert parse_scope(["fangshan/xilu", "grid:fangshan"]) == (None, ["fangshan", "fangshan/xilu"])
 
 
 def test_worker_cannot_use_user_routes(api_client):

@@ -70,3 +70,59 @@ def test_violations_roles(api_client, auth_headers):
     assert api_client.get("/api/violations", headers=auth_headers("op")).status_code == 403
     assert api_client.get("/api/violations", headers=WORKER).status_code == 403
     assert api_client.get("/api/violations").status_code == 401
+
+
+def test_evidence_pack_and_audit(api_client, auth_headers):
+    import hashlib
+    import io
+    import zipfile
+
+    data = b"\xff\xd8pack test\xff\xd9"
+    ev = make_event()
+    ev["evidence"] = [
+        {
+            "name": "scene-1.jpg",
+            "taken_at": ev["started_at"],
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "kind": "scene",
+        },
+        {"name": "plate-1.jpg", "taken_at": ev["started_at"], "sha256": "0" * 64, "kind": "plate"},
+    ]
+    api_client.post("/api/events", json=ev, headers=WORKER)
+    r = api_client.put(
+        f"/api/events/{ev['id']}/evidence/scene-1.jpg",
+        content=data,
+        headers={**WORKER, "Content-Type": "image/jpeg"},
+    )
+    assert r.status_code == 201
+    r = api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("police"))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    assert sorted(zf.namelist()) == ["SHA256SUMS", "evidence/scene-1.jpg", "violation.json"]
+    assert zf.read("evidence/scene-1.jpg") == data
+    record = __import__("json").loads(zf.read("violation.json"))
+    assert record["id"] == ev["id"] and len(record["chain_sha256"]) == 64
+    assert zf.read("SHA256SUMS").decode() == f"{hashlib.sha256(data).hexdigest()}  evidence/scene-1.jpg\n"
+    assert api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("op")).status_code == 403
+    audit = api_client.get(
+        "/api/audit", params={"target_type": "event"}, headers=auth_headers("admin")
+    ).json()
+    assert [(a["actor"], a["action"], a["target_id"]) for a in audit["items"]] == [
+        ("police", "export", ev["id"])
+    ]
+    assert api_client.get("/api/audit", headers=auth_headers("op")).status_code == 403
+    assert api_client.get("/api/audit", headers=auth_headers("police")).status_code == 403
+
+
+def test_pack_of_bin_event_is_404(api_client, auth_headers):
+    ev = make_event(
+        type="bin_overflow",
+        camera_id="bins-west",
+        zone_id="station-1",
+        grid="fangshan/dongcheng/lane/0007",
+        object=None,
+    )
+    api_client.post("/api/events", json=ev, headers=WORKER)
+    assert (
+        api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("police")).status_code == 404
+    )
