@@ -127,6 +127,10 @@
         t("disp." + h.to_state) + (h.remark ? " · " + h.remark : "");
       hist.appendChild(li);
     });
+    var pack = $("pack");
+    var canExport = state.me && (state.me.role === "police" || state.me.role === "admin");
+    pack.hidden = !(canExport && ev.type === "illegal_parking");
+    pack.setAttribute("href", "/api/violations/" + encodeURIComponent(ev.id) + "/pack");
     var canAct = state.me && (state.me.role === "operator" || state.me.role === "admin");
     $("actions").hidden = !canAct;
     var buttons = $("action-buttons");
