@@ -11,9 +11,9 @@ Parts (each one is written to the JSON result, with machine info, in benchmarks/
 - ``rtsp``: ``pipeline.sources.Source`` reading N cameras in real time from the local GStreamer RTSP server:
   process CPU (all threads) per camera as % of one core, for keyframe mode (detect_fps=1) and full decode
   (detect_fps=5, so every frame is decoded and 5 a second are converted to BGR).
-- ``faults``: with stall_timeout_s=3, backoff_max_s=2: seconds from SIGKILL of the server to an offline state,
-  from the server's restart to the next frame, from SIGSTOP to an offline state, and from SIGCONT to the next
-  frame (medians over ``--repeats``).
+- ``faults``: with stall_timeout_s=``--stall`` (3), backoff_max_s=2: seconds from SIGKILL of the server to an
+  offline state, from the server's restart to the next frame, from SIGSTOP to an offline state, and from
+  SIGCONT to the next frame (medians over ``--repeats``).
 - ``gate``: ``SceneGate.changed`` ms per frame at 720p and 1080p (whole frame and one zone).
 
 The machine is shared (2 cores): figures are noisy; the load average is recorded next to them.
@@ -164,8 +164,7 @@ def _until(pred: Callable[[], bool], timeout: float) -> float | None:
     return None
 
 
-def bench_faults(server: RtspServer, name: str, repeats: int) -> dict[str, Any]:
-    stall = 3.0
+def bench_faults(server: RtspServer, name: str, repeats: int, stall: float = 3.0) -> dict[str, Any]:
     src = Source(server.url(name), camera_id=name, detect_fps=2.0, stall_timeout_s=stall, backoff_max_s=2.0)
     r = Reader(src)
     rows: dict[str, list[float | None]] = {"kill_to_offline_s": [], "restart_to_frame_s": []}
@@ -224,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1280x720", help="of the synthetic clip")
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stall", type=float, default=3.0, help="stall_timeout_s for the fault timings")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: file,rtsp,faults,gate")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["rtsp"] = bench_rtsp(server, names, args.seconds, fps)
                     print("rtsp", json.dumps(result["rtsp"]), flush=True)
                 if "faults" not in skip:
-                    result["faults"] = bench_faults(server, names[0], args.repeats)
+                    result["faults"] = bench_faults(server, names[0], args.repeats, args.stall)
                     print("faults", json.dumps(result["faults"]), flush=True)
             finally:
                 server.stop()
