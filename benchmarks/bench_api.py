@@ -65,6 +65,7 @@ class Options:
     database_url: str | None = None
     keep_db: bool = False
     out: Path | None = None
+    work_dir: Path | None = None
 
 
 def _iso(dt: datetime) -> str:
@@ -267,13 +268,13 @@ class ApiProcess:
         conf_path = self.work / "server.json"
         conf_path.write_text(json.dumps(self.conf))
         os.chmod(conf_path, 0o600)
-        log = (self.work / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_api", "--serve", str(conf_path)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.work / "server.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.bench_api", "--serve", str(conf_path)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -415,7 +416,7 @@ def run(opts: Options) -> dict[str, Any]:
         opts.clients = min(opts.clients, 4)
     started = now_iso()
     info = machine_info()
-    work = CACHE_DIR / f"api-{os.getpid()}"
+    work = (opts.work_dir or CACHE_DIR) / f"api-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     pg_name = None
     if opts.database_url:
@@ -495,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--get-requests", type=int, default=d.get_requests, help="requests per GET query kind")
     ap.add_argument("--database-url", help="PostgreSQL server: a fresh database is created there and dropped")
     ap.add_argument("--keep-db", action="store_true", help="keep the filled database")
+    ap.add_argument("--work-dir", type=Path, default=None, help="for the SQLite file (default var/bench/)")
     ap.add_argument(
         "--out", type=Path, default=None, help="JSON file or folder (default benchmarks/results/)"
     )

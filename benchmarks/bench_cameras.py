@@ -251,7 +251,7 @@ class TrialSpec:
     intra_threads: int = 1
     spinning: bool = False
     decode: str = "auto"  # auto (keyframe-only when it suffices) | full
-    gate: bool = False
+    gate: bool | None = None  # the static-scene gate; None: the camera config's default
     zones: list[dict[str, Any]] = field(default_factory=scaled_zones)
     warmup_max_s: float = 20.0
     label: str = ""
@@ -373,7 +373,6 @@ class _FullDecodeSource:
 def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     from pipeline.config import Camera, SiteConfig
     from pipeline.events import ModelRef
-    from pipeline.gate import SceneGate
     from pipeline.incidents import IncidentBuilder
     from pipeline.inference import InferenceScheduler
     from pipeline.sources import open_source
@@ -405,9 +404,12 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         return open_source(camera, stop_)
 
     workers: list[BenchWorker] = []
+    gate_on = False
     for i, url in enumerate(spec.urls[: spec.n]):
+        conf: dict[str, Any] = {} if spec.gate is None else {"static_gate": spec.gate}
         cam = Camera.model_validate(
-            {
+            conf
+            | {
                 "id": f"cam{i}",
                 "name": f"cam{i}",
                 "source": {"url": url},
@@ -423,8 +425,8 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             lambda ev, _files: events.append(ev.id),
             model=ModelRef(name=detector.name, sha256=detector.sha256),
         )
-        gate = SceneGate([z.polygon for z in cam.zones], (OUT_H, OUT_W)) if spec.gate else None
-        w = BenchWorker(cam, site, scheduler, builder, stop, factory, gate=gate)  # type: ignore[arg-type]
+        gate_on = bool(getattr(cam, "static_gate", False))
+        w = BenchWorker(cam, site, scheduler, builder, stop, factory)  # type: ignore[arg-type]
         w.tally = _Tally()
         tallies.append(w.tally)
         workers.append(w)
@@ -451,6 +453,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         rss_model,
         {
             "detector": repr(detector),
+            "static_gate": gate_on,
             "precision": detector.precision,
             "providers": detector.providers,
             "events": lambda: len(events),
@@ -778,11 +781,12 @@ class Runner:
             row = self.trial("pingan", n, label=name, **kw)
             rows.append({"lever": name, "what": what, **row})
 
-        lever("baseline", "pingan defaults: keyframe-only decode, gate off, street clip")
+        lever("baseline", "pingan defaults (keyframe-only decode, camera's gate default), street clip")
         lever("full_decode", "decode every frame (PyAV, 1 thread), sample the same frames", decode="full")
-        lever("parking_gate_off", "parking-lot (static) clip, gate off", clip="p")
+        lever("street_gate_off", "street clip (pedestrians cross a zone), static-scene gate off", gate=False)
+        lever("street_gate_on", "street clip (pedestrians cross a zone), static-scene gate on", gate=True)
+        lever("parking_gate_off", "parking-lot (static) clip, static-scene gate off", clip="p", gate=False)
         lever("parking_gate_on", "parking-lot (static) clip, static-scene gate on", clip="p", gate=True)
-        lever("street_gate_on", "street clip (pedestrians), static-scene gate on", gate=True)
         other_threads = 1 if o.inference_threads != 1 else 2
         lever(
             f"inference_threads_{other_threads}",
