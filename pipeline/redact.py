@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote
 
 MASK = "***"
 # scheme://userinfo@  — userinfo is anything up to the last '@' before the host part ends.
-_USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@?#'\"<>]*)@")
+_USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s?#'\"<>]*)@")
 MIN_SECRET_LEN = (
     3  # shorter values would mask ordinary characters everywhere; URL userinfo is masked regardless
 )

@@ -22,6 +22,8 @@ PW = "p@ss:w/rd%1"
         (f"rtsp://u:{quote(PW, safe='')}@h/x", "rtsp://***:***@h/x"),
         ("open 'rtsp://a:b@h:1/c' failed", "open 'rtsp://***:***@h:1/c' failed"),
         ("no url here: a@b", "no url here: a@b"),
+        ("rtsp://u:p@ss@h/x", "rtsp://***:***@h/x"),  # an unencoded '@' in the password
+        ("rtsp://h/x then mail a@b", "rtsp://h/x then mail a@b"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
