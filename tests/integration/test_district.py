@@ -51,7 +51,7 @@ PUBLISHER = textwrap.dedent(
     from pipeline.sinks_nats import NatsSink
 
     index, url, stream, prefix, spool, ids_path = sys.argv[1:7]
-    end_at, rate = float(sys.argv[7]), float(sys.argv[8])
+    stop_file, rate = sys.argv[7], float(sys.argv[8])
     cameras = sys.argv[9].split(",")
     stop = threading.Event()
     sink = NatsSink(url, stream, prefix, f"compound-{index}", timeout_s=2.0)
@@ -59,7 +59,7 @@ PUBLISHER = textwrap.dedent(
     fd = os.open(ids_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     rng = random.Random()
     n = 0
-    while time.time() < end_at:
+    while not os.path.exists(stop_file):
         start = datetime.now(UTC) - timedelta(seconds=90)
         eid = str(uuid7())
         files = {}
@@ -74,11 +74,11 @@ PUBLISHER = textwrap.dedent(
                        started_at=start, updated_at=start + timedelta(seconds=60), dwell_s=60.0,
                        evidence=evidence, seq=0)
         end = start + timedelta(seconds=80)
-        closed = opened.model_copy(update={"state": "closed", "seq": 1, "ended_at": end, "updated_at": end,
-                                           "dwell_s": 80.0})
+        closed = Event.model_validate({**opened.model_dump(), "state": "closed", "seq": 1, "ended_at": end,
+                                       "updated_at": end, "dwell_s": 80.0})
         os.write(fd, f"P {eid}\\n".encode())
         outbox.put(opened, files)
-        outbox.put(Event.model_validate(closed.model_dump()), {})
+        outbox.put(closed, {})
         os.write(fd, f"D {eid}\\n".encode())
         n += 1
         time.sleep(max(0.0, 1.0 / rate))
@@ -148,6 +148,10 @@ class Proxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._conns) // 2
 
     def drop_all(self) -> int:
         with self._lock:
@@ -359,12 +363,12 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
 
     script = tmp / "publisher.py"
     script.write_text(PUBLISHER)
-    end_at = time.time() + DURATION_S
+    stop_file = tmp / "stop-publishing"
     id_files = [tmp / f"ids-{i}.txt" for i in range(3)]
 
     def publisher(i: int) -> subprocess.Popen[bytes]:
         args = [str(i), proxy.url, ctx["stream"], ctx["prefix"], str(tmp / f"outbox-{i}.db"),
-                str(id_files[i]), str(end_at), str(RATE), ",".join(CAMERAS)]
+                str(id_files[i]), str(stop_file), str(RATE), ",".join(CAMERAS)]
         out = open(tmp / f"publisher-{i}.log", "ab")  # noqa: SIM115 - closed after the process ends
         p = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=_env(), stdout=out,
                              stderr=subprocess.STDOUT)
@@ -373,6 +377,10 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
         return p
 
     pubs = [publisher(i) for i in range(3)]
+    deadline = time.monotonic() + 60
+    while proxy.count() < 4:  # 3 publishers and replica A are connected through the proxy
+        assert time.monotonic() < deadline, f"only {proxy.count()} connections through the proxy"
+        time.sleep(0.1)
     t0 = time.monotonic()
 
     def at(t: float) -> None:
@@ -391,10 +399,12 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
     at(11.0)
     proxy.drop_all()
     a.wait_healthy()
+    at(DURATION_S)
+    stop_file.touch()
 
     for i, p in enumerate(pubs):
         try:
-            rc = p.wait(timeout=DURATION_S + 60)
+            rc = p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"publisher {i} did not finish\n{(tmp / f'publisher-{i}.log').read_text()[-2000:]}")
         assert rc == 0, (tmp / f"publisher-{i}.log").read_text()[-2000:]
