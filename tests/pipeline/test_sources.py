@@ -306,3 +306,38 @@ def test_rtsp_status_fps_and_full_mode(
     assert 2.5 < st.fps < 5.5, st
     assert any(not f.keyframe for _, f in c.got)
     c.close()
+
+
+@pytest.mark.rtsp
+def test_stop_event_ends_backoff_and_hung_reads_promptly(
+    rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
+) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    stop = threading.Event()
+    src = open_source(rtsp_camera(srv.url("cam1"), backoff_max_s=30.0), stop)
+    c = Collector(src)
+    assert c.wait_frames(1, 10)
+    srv.pause()  # a hung read: PyAV blocks until its read timeout
+    t = time.monotonic()
+    stop.set()
+    c.thread.join(STALL_S + 2)
+    assert not c.thread.is_alive() and time.monotonic() - t < STALL_S + 2
+    srv.resume()
+    c.close()
+    assert src.status().state is SourceState.STOPPED
+
+
+@pytest.mark.rtsp
+def test_close_during_long_backoff_is_prompt(
+    rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
+) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    src = open_source(rtsp_camera(srv.url("cam1"), backoff_max_s=30.0), threading.Event())
+    c = Collector(src)
+    assert c.wait_frames(1, 10)
+    srv.kill()
+    wait_state(src, (SourceState.BACKOFF,), 3)
+    time.sleep(2.5)  # a few refused reconnects: the backoff grows
+    t = time.monotonic()
+    c.close()
+    assert time.monotonic() - t < 1.0
