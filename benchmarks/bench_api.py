@@ -312,7 +312,7 @@ def get_latency(base: str, token: str, requests: int) -> dict[str, Any]:
 
     now = datetime.now(UTC)
     day = now - timedelta(days=30)
-    queries = {
+    queries: dict[str, dict[str, Any]] = {
         "newest_page": {"limit": 50},
         "by_camera": {"camera_id": "cam-007", "limit": 50},
         "by_type": {"type": "bin_overflow", "limit": 50},
@@ -431,7 +431,7 @@ def run(opts: Options) -> dict[str, Any]:
         engine = make_engine(db_url)
         Store(engine, work / "media").upsert_user(ADMIN, hash_password(password), "admin", None, None)
         engine.dispose()
-        conf = {
+        conf: dict[str, Any] = {
             "database_url": db_url,
             "media_dir": str(work / "media"),
             "secret": secrets.token_urlsafe(48),

@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.common import (
     CACHE_DIR,
     ROOT,
@@ -75,7 +77,7 @@ SRC_W, SRC_H = 768, 576  # vtest.avi
 OUT_W, OUT_H = 1920, 1080
 # The demo's courtyard zones (cameras.yaml, in vtest.avi pixels): the service road where the van stands and
 # the open square that pedestrians cross. Short dwell times so that events (and stills) happen in a short run.
-ZONES_VTEST = [
+ZONES_VTEST: list[dict[str, Any]] = [
     {"id": "fire-lane-east", "type": "fire_lane", "polygon": [[622, 64], [738, 64], [738, 124], [622, 124]]},
     {
         "id": "no-parking-square",
@@ -330,7 +332,7 @@ class _FullDecodeSource:
         with av.open(self.url, options=opts, timeout=(5.0, 5.0)) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
-            tb = float(stream.time_base)
+            tb = float(stream.time_base or 0)
             wall0 = t0 = None
             next_due: float | None = None
             index = 0
@@ -347,7 +349,8 @@ class _FullDecodeSource:
                     if next_due is not None and t < next_due - 0.02:
                         continue
                     next_due = t + self.period if next_due is None else next_due + self.period
-                    frame = Frame(f.to_ndarray(format="bgr24"), wall0 + (t - t0), index, bool(f.key_frame))
+                    image: Any = f.to_ndarray(format="bgr24")
+                    frame = Frame(image, wall0 + (t - t0), index, bool(f.key_frame))
                     while True:
                         try:
                             self.q.put_nowait(frame)
@@ -458,7 +461,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "providers": detector.providers,
             "events": lambda: len(events),
         },
-        lambda: [w.join(3.0) for w in workers],
+        lambda: _join_all(workers, 3.0),
     )
 
 
@@ -510,7 +513,7 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
                 tally.offset = min(tally.offset, now - pos)
                 reads[i] += 1
                 if k % every == 0:
-                    dets = det.detect([frame])[0]
+                    dets = det.detect([np.asarray(frame, np.uint8)])[0]
                     detections[i] += 1
                     tally.results.append((pos, time.time(), dets is not None))
                 k += 1
@@ -545,9 +548,14 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
             "decode": "cv2.VideoCapture.read() of every frame",
             "errors": lambda: errors[:5],
         },
-        lambda: [t.join(3.0) for t in threads],
+        lambda: _join_all(threads, 3.0),
     )
     return out
+
+
+def _join_all(items: list[Any], timeout_s: float) -> None:
+    for item in items:
+        item.join(timeout_s)
 
 
 def _measure(

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +159,12 @@ def bench_config(
     for b in opts.batches or [1]:
         blob = rng.random((b, 3, h, w), dtype=np.float32).astype(dtype)
         try:
-            ms, runs = _timeit(lambda blob=blob: sess.run(outputs, {inp.name: blob}), opts.seconds)
+            feed = {inp.name: blob}
+            ms, runs = _timeit(partial(sess.run, outputs, feed), opts.seconds)
             config["rows"].append(_row("raw", b, ms, runs))
             det = OnnxDetector(opts.model, entry, sess, sha, precision, max_batch=b)  # type: ignore[arg-type]
             frames = [frame] * b
-            ms, runs = _timeit(lambda det=det, frames=frames: det.detect(frames), opts.seconds)
+            ms, runs = _timeit(partial(det.detect, frames), opts.seconds)
             config["rows"].append(_row("detector", b, ms, runs, input="1080p BGR frames"))
             if provider in GPU:
                 config["rows"] += _iobinding(sess, inp.name, outputs, blob, b, opts.seconds)
