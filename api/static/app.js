@@ -3,6 +3,7 @@
    Everything from the server is written with textContent (never innerHTML). */
 (function () {
   var t = I18N.t;
+  var MAX_ROWS = 500;
   var NEXT = {
     "new": ["acknowledge", "dispatch", "false_alarm"],
     "acknowledged": ["dispatch", "resolve", "false_alarm"],
@@ -69,6 +70,12 @@
     else if (fresh) { body.insertBefore(tr, body.firstChild); }
     else { body.appendChild(tr); }
     if (fresh && !known) tr.classList.add("fresh");
+    while (body.rows.length > MAX_ROWS) {  // a long shift must not grow the page without bound
+      var last = body.rows[body.rows.length - 1];
+      state.events.delete(last.getAttribute("data-event-id"));
+      body.removeChild(last);
+      $("more").hidden = false;
+    }
     $("empty").hidden = state.events.size > 0;
   }
   function loadList(reset) {

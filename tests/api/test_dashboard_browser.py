@@ -52,18 +52,24 @@ def _png() -> bytes:
     )
 
 
-def test_live_event_and_disposition(browser, live_api: LiveServer) -> None:
-    page = browser.new_page(locale="zh-CN")  # type: ignore[attr-defined]
-    errors: list[str] = []
+def _login(browser, url: str, user: str, errors: list[str]):  # type: ignore[no-untyped-def]
+    page = browser.new_context(locale="zh-CN").new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.goto(live_api.url + "/")
+    page.goto(url + "/")
     assert page.url.endswith("/login")
-    page.fill("input[name=username]", "op")
+    page.fill("input[name=username]", user)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_url(live_api.url + "/")
+    page.wait_for_url(url + "/")
     page.wait_for_selector("#conn.up", timeout=5000)
+    return page
+
+
+def test_live_event_and_disposition(browser, live_api: LiveServer) -> None:
+    errors: list[str] = []
+    page = _login(browser, live_api.url, "op", errors)
+    watcher = _login(browser, live_api.url, "admin", errors)  # a second desk, watching
     assert page.text_content("h1") == "平安 · 视频分析"
     page.wait_for_selector('[data-camera-id="gate-east"]')
 
@@ -106,6 +112,12 @@ def test_live_event_and_disposition(browser, live_api: LiveServer) -> None:
     assert "车已挪走" in items[2][1] and "op" in items[2][1]
     assert page.get_attribute(f'tr[data-event-id="{ev["id"]}"]', "data-disposition") == "resolved"
     assert page.query_selector_all('#action-buttons button[data-action="reopen"]')
+    # the other desk saw the event arrive and its disposition change, without reloading
+    watcher.wait_for_selector(f'tr[data-event-id="{ev["id"]}"][data-disposition="resolved"]', timeout=2000)
+    watcher.click(f'tr[data-event-id="{ev["id"]}"]')
+    watcher.wait_for_selector("#pack:not([hidden])")
+    assert watcher.get_attribute("#pack", "href") == f"/api/violations/{ev['id']}/pack"
+    assert len(watcher.query_selector_all("#history li")) == 3
 
     page.click("#lang")
     assert page.text_content("h1") == "Pingan · Video analytics"
