@@ -255,10 +255,12 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -317,6 +319,7 @@ class Outbox:
                             )
                             break
                         db.execute("DELETE FROM messages WHERE id = ?", (victim[0],))
+                        self._retry_at.pop(int(victim[0]), None)
                         depth, size = depth - 1, size - int(victim[5])
                         dropped.append((victim[1], int(victim[2]), victim[3], victim[4]))
                         if victim[0] == row_id:
