@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("pingan.api")
@@ -109,6 +110,16 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    # the database is down, locked past busy_timeout, or a replica lost its connection: retry later
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(
+        _body("unavailable", "database unavailable, retry later"),
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc
@@ -121,4 +132,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(OperationalError, _database)
     app.add_exception_handler(Exception, _unexpected)

@@ -345,3 +345,17 @@ def test_fuzzed_bodies_never_500(api_client):
 def test_bad_query_params_are_4xx(api_client, auth_headers, params):
     r = api_client.get("/api/events", params=params, headers=auth_headers("op"))
     assert 400 <= r.status_code < 500, (params, r.text)
+
+
+def test_database_outage_is_503_not_500(api_client, monkeypatch):
+    import sqlalchemy.exc
+
+    store = api_client.app.state.pingan.store
+
+    def down(*_a, **_k):
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "put_event", down)
+    r = post(api_client, make_event())
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert "locked" not in r.text
