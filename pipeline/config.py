@@ -150,15 +150,19 @@ class RtspSource(_Strict):
         return _ENV_RE.sub(lambda m: quote(os.environ[m.group(1)], safe=""), self.url)
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in logs, in raw and percent-encoded form."""
+        """Values that must never appear in logs: the password, raw and percent-encoded. (User names are
+        not secret, and masking a short one would mangle every log line that contains those letters.)"""
         out: list[str] = []
-        for m in _ENV_RE.finditer(self.url):
-            val = os.environ.get(m.group(1), "")
-            if len(val) >= 3:
-                out += [val, quote(val, safe="")]
-        parts = urlsplit(self.resolved())
-        if parts.password:
-            out.append(parts.password)
+        userinfo = self.url.split("://", 1)[-1].rpartition("@")[0]
+        if ":" in userinfo:
+            template = userinfo.split(":", 1)[1]
+            for m in _ENV_RE.finditer(template):
+                val = os.environ.get(m.group(1), "")
+                if val:
+                    out += [val, quote(val, safe="")]
+        password = urlsplit(self.resolved()).password
+        if password:
+            out.append(password)
         return sorted(set(out), key=len, reverse=True)
 
 

@@ -227,7 +227,8 @@ class Supervisor:
             w.join(max(0.1, min(2.0, deadline - time.monotonic())))
         self.scheduler.join(max(0.1, min(2.0, deadline - time.monotonic())))
         if self.plates is not None:
-            self.plates.join(0.5)
+            # A read in flight sits in ONNX Runtime; leaving it running at interpreter exit aborts the process.
+            self.plates.join(max(0.5, min(4.0, deadline - time.monotonic())))
         self._status_thread.join(1.0)
         self.outbox.flush(max(0.1, deadline - time.monotonic()))
         self._outbox_stop.set()
