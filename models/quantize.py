@@ -1,6 +1,7 @@
 """Static INT8 (QDQ, per-channel) quantisation of a manifest model, kept if it agrees with FP32 and is faster.
 
     .venv/bin/python models/quantize.py vehicles    # writes models/<file stem>-int8.onnx, prints a report
+    .venv/bin/python models/quantize.py vehicles --fp16    # an FP16 copy for GPUs (agreement checked here)
 
 Calibration uses real CCTV frames (Debian opencv-doc ``vtest.avi``, first half) plus generated street scenes;
 agreement and speed are measured on held-out frames (second half of ``vtest.avi`` and the street photo), never
@@ -133,9 +134,8 @@ def time_ms(dets: Sequence[OnnxDetector], images: Sequence[Image], repeats: int)
 def make_detector(name: str, entry_file: str, path: Path, threads: int) -> OnnxDetector:
     entry = model_entry(name, MODELS)
     session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    return OnnxDetector(
-        name, entry, session, sha256_file(path), "fp32" if path.name == entry_file else "int8"
-    )
+    precision = "fp32" if path.name == entry_file else "fp16" if path.stem.endswith("-fp16") else "int8"
+    return OnnxDetector(name, entry, session, sha256_file(path), precision)  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -147,6 +147,11 @@ def main() -> None:
     parser.add_argument("--min-recall", type=float, default=0.95)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="instead: an FP16 copy for GPUs (FP32 inputs/outputs), agreement only",
+    )
     args = parser.parse_args()
 
     entry = model_entry(args.model, MODELS)
@@ -159,6 +164,9 @@ def main() -> None:
     photos = [cv2.imread(str(p)) for p in PHOTOS if p.is_file()]
     held = video_frames(VTEST, 400, 795, 20) + [np.asarray(p, np.uint8) for p in photos if p is not None]
     print(f"calibration images: {len(calib)}, held-out images: {len(held)}")
+    if args.fp16:
+        make_fp16(args.model, entry.file, fp32, held, args.min_recall)
+        return
 
     from pipeline.adapters import preprocess
 
@@ -215,6 +223,45 @@ def main() -> None:
     if not keep:
         out.unlink()
         print(f"INT8 rejected (recall {recall:.3f} < {args.min_recall} or not faster); removed {out.name}")
+        raise SystemExit(1)
+    print(f"keep: {out.name} sha256 {sha256_file(out)}  ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def make_fp16(name: str, entry_file: str, fp32: Path, held: Sequence[Image], min_recall: float) -> None:
+    """FP16 weights and arithmetic with FP32 inputs/outputs (so pre/post-processing stay as they are).
+
+    Only agreement can be checked here (ORT's CPU provider runs it, slowly); speed needs a GPU:
+    ``python -m benchmarks.bench_models --providers cuda``."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = MODELS / f"{fp32.stem}-fp16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
+    d32 = make_detector(name, entry_file, fp32, 1)
+    d16 = make_detector(name, entry_file, out, 1)
+    r32 = [d32.detect([im])[0] for im in held]
+    r16 = [d16.detect([im])[0] for im in held]
+    recall, precision = matched_recall(r32, r16), matched_recall(r16, r32)
+    worst = max(
+        (
+            float(np.abs(a.xyxy - b.xyxy).max())
+            for a, b in zip(r32, r16, strict=True)
+            if len(a) == len(b) and len(a)
+        ),
+        default=0.0,
+    )
+    report = {
+        "method": "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)",
+        "held_out": f"{len(held)} images: vtest.avi frames 400-794 every 20th + street photo",
+        "matched_recall_iou50": round(recall, 3),
+        "matched_precision_iou50": round(precision, 3),
+        "max_box_shift_px": round(worst, 2),
+        "speed": "not measured: needs a GPU",
+    }
+    print(json.dumps(report, indent=2))
+    if recall < min_recall:
+        out.unlink()
+        print(f"FP16 rejected (recall {recall:.3f} < {min_recall}); removed {out.name}")
         raise SystemExit(1)
     print(f"keep: {out.name} sha256 {sha256_file(out)}  ({out.stat().st_size / 1e6:.1f} MB)")
 

@@ -107,12 +107,14 @@ def test_auto_on_cpu_loads_the_int8_variant_when_listed() -> None:
     assert det.precision == ("int8" if "int8" in entry.variants else "fp32")
 
 
-def test_unlisted_precision_is_a_model_error() -> None:
-    entry = load_manifest(MODELS).models["vehicles"]
-    if "fp16" in entry.variants:
-        pytest.skip("manifest lists fp16")
+def test_unlisted_precision_is_a_model_error(tmp_path: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load((MODELS / "manifest.yaml").read_text(encoding="utf-8"))
+    raw["models"]["vehicles"]["variants"] = {}
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(ModelError, match="no fp16 variant"):
-        load_detector("vehicles", MODELS, providers=["cpu"], precision="fp16")
+        load_detector("vehicles", tmp_path, providers=["cpu"], precision="fp16")
 
 
 def test_altered_model_fails_at_load(tmp_path: Path) -> None:

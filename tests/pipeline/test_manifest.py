@@ -100,9 +100,10 @@ def test_altered_model_file_fails_verify(tmp_path: Path) -> None:
 def test_precision_variant_lookup() -> None:
     entry = load_manifest(MODELS).models["vehicles"]
     assert entry.file_for("fp32") == (entry.file, entry.sha256)
-    if "fp16" not in entry.variants:
-        with pytest.raises(ModelError, match="no fp16 variant"):
-            entry.file_for("fp16")
+    for prec, variant in entry.variants.items():
+        assert entry.file_for(prec) == (variant.file, variant.sha256)
+    with pytest.raises(ModelError, match="no fp16 variant"):
+        entry.model_copy(update={"variants": {}}).file_for("fp16")
 
 
 @dataclass
