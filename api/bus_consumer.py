@@ -63,6 +63,7 @@ class BusConsumer:
         ack_wait_s: float = 10.0,
         fetch_timeout_s: float = 1.0,
         replica_id: str | None = None,
+        concurrency: int = 4,
     ) -> None:
         cfg = rt.settings.bus
         self.rt = rt
@@ -86,6 +87,7 @@ class BusConsumer:
         self._relay_sub: Subscription | None = None
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once the consumer is bound
+        self._slots = asyncio.Semaphore(concurrency)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -209,6 +211,14 @@ class BusConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 0.5)
                 continue
+            # Messages of one event go in seq order; different events are handled side by side.
+            groups: dict[str, list[Any]] = {}
+            for msg in msgs:
+                groups.setdefault(_event_key(msg), []).append(msg)
+            await asyncio.gather(*(self._handle_group(g) for g in groups.values()))
+
+    async def _handle_group(self, msgs: list[Any]) -> None:
+        async with self._slots:
             for i, msg in enumerate(msgs):
                 if self._stopping.is_set():
                     for rest in msgs[i:]:  # hand them to another replica now, not after ack_wait
@@ -234,18 +244,17 @@ class BusConsumer:
             log.error("bus: dropping %s#%d: camera %s is not configured here", ev.id, ev.seq, ev.camera_id)
             await _quiet(msg.term())
             return
+        # A redelivered message may have been stored by a replica that died before the live feed saw it:
+        # showing it again is harmless (clients key events by id).
         redelivered = _num_delivered(msg) > 1
         try:
-            status, view = await asyncio.to_thread(ingest, self.rt, ev, f"nats:{where[0]}")
-            fetched = await self._evidence(ev)
+            status, live, missing = await asyncio.to_thread(self._store, ev, f"nats:{where[0]}", redelivered)
             if status in ("created", "updated"):
                 self.stored += 1
-            if view is not None or fetched or redelivered:
-                # A redelivered message may have been stored by a replica that died before the live feed saw
-                # it: showing it again is harmless (clients key events by id).
-                live = await asyncio.to_thread(event_live, self.rt, ev.id)
-                if live is not None:
-                    await self._show("event", *live)
+            if missing and await self._evidence(ev, missing):
+                live = await asyncio.to_thread(event_live, self.rt, ev.id)  # now with the evidence
+            if live is not None:
+                await self._show("event", *live)
         except ApiError as e:  # Conflict: the id belongs to another camera/type; never valid
             log.error("bus: dropping %s#%d: %s", ev.id, ev.seq, e.message)
             await _quiet(msg.term())
@@ -259,28 +268,40 @@ class BusConsumer:
             return
         await _quiet(msg.ack())
 
-    async def _evidence(self, ev: Event) -> int:
-        """Copy listed evidence not stored yet from the object store. Returns how many files were stored."""
-        if not ev.evidence:
-            return 0
+    def _store(
+        self, ev: Event, worker: str, redelivered: bool
+    ) -> tuple[PutStatus, tuple[dict[str, Any], dict[str, Any]] | None, list[str]]:
+        """In a worker thread: store the message; return its live message (when there is news) and the names
+        of listed evidence not stored yet."""
+        status, view = ingest(self.rt, ev, worker)
+        if view is None and (redelivered or ev.evidence):
+            view = self.rt.store.get_event(ev.id)
+        live = None
+        missing: list[str] = []
+        if view is not None:
+            stored = {e["name"] for e in view.evidence if e["stored"]}
+            missing = [e.name for e in ev.evidence if e.name not in stored]
+            if status in ("created", "updated") or redelivered:
+                pub = event_public(view, self.rt)
+                live = pub.model_dump(mode="json"), event_meta(pub)
+        return status, live, missing
+
+    async def _evidence(self, ev: Event, names: list[str]) -> int:
+        """Copy evidence from the object store. Returns how many files were stored."""
         from nats.js.errors import ObjectNotFoundError
 
-        view = await asyncio.to_thread(self.rt.store.get_event, ev.id)
-        stored = {e["name"] for e in (view.evidence if view else []) if e["stored"]}
         n = 0
-        for item in ev.evidence:
-            if item.name in stored:
-                continue
+        for name in names:
             try:
-                res = await asyncio.wait_for(self._obj.get(bus.evidence_key(ev.id, item.name)), 30.0)
+                res = await asyncio.wait_for(self._obj.get(bus.evidence_key(ev.id, name)), 30.0)
             except ObjectNotFoundError:
-                log.debug("bus: evidence %s of %s is not in the object store (yet)", item.name, ev.id)
+                log.debug("bus: evidence %s of %s is not in the object store (yet)", name, ev.id)
                 continue
             try:
-                await asyncio.to_thread(self.rt.store.put_evidence, ev.id, item.name, bytes(res.data))
+                await asyncio.to_thread(self.rt.store.put_evidence, ev.id, name, bytes(res.data))
                 n += 1
             except ApiError as e:  # 409: bytes differ from the listed sha256 (a newer message may list them)
-                log.warning("bus: evidence %s of %s not stored: %s", item.name, ev.id, e.message)
+                log.warning("bus: evidence %s of %s not stored: %s", name, ev.id, e.message)
         return n
 
     async def _show(self, kind: str, data: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -290,8 +311,12 @@ class BusConsumer:
         nc = self._nc
         if nc is None or nc.is_closed:
             return
-        body = json.dumps({"o": self.replica_id, "k": kind, "m": meta, "d": data}, default=str,
-                          ensure_ascii=False, separators=(",", ":"))
+        body = json.dumps(
+            {"o": self.replica_id, "k": kind, "m": meta, "d": data},
+            default=str,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
         try:  # buffered by the client while it reconnects
             await nc.publish(bus.live_subject(self.prefix, self.site_id), body.encode())
         except Exception as e:
@@ -322,8 +347,13 @@ class BusConsumer:
     def _put_status(self, camera_id: str, body: CameraStatusIn) -> None:
         # the same values as PUT /api/cameras/{id}/status stores (api.routers.cameras.put_status)
         values = {
-            "state": body.state, "reason": body.reason, "last_frame_at": body.last_frame(),
-            "fps": body.fps, "frames": body.frames, "dropped": body.dropped, "reconnects": body.reconnects,
+            "state": body.state,
+            "reason": body.reason,
+            "last_frame_at": body.last_frame(),
+            "fps": body.fps,
+            "frames": body.frames,
+            "dropped": body.dropped,
+            "reconnects": body.reconnects,
             "stats": body.stats(),
         }
         _changed, row = self.rt.store.put_camera_status(camera_id, values)
@@ -358,6 +388,13 @@ class BusConsumer:
             self.rt.broadcaster.publish(str(data["k"]), data["d"], {**data["m"], "relay": data["o"]})
         except (ValueError, KeyError, TypeError) as e:
             log.debug("bus: bad live message: %s", type(e).__name__)
+
+
+def _event_key(msg: Any) -> str:
+    """The event id of a message without a full parse (the body starts with it); the subject as a fallback."""
+    head = bytes(msg.data[:60])
+    i = head.find(b'"id":"')
+    return head[i + 6 : i + 42].decode(errors="replace") if i >= 0 else str(msg.subject)
 
 
 def _num_delivered(msg: Any) -> int:
