@@ -73,19 +73,27 @@ def choose_precision(entry: ModelEntry, providers: Sequence[str], precision: str
     return preferred if preferred in entry.variants else "fp32"
 
 
-def _provider_options(providers: Sequence[str], precision: Precision) -> list[dict[str, Any]]:
+def _provider_options(
+    providers: Sequence[str], precision: Precision, entry: ModelEntry | None = None, max_batch: int = 1
+) -> list[dict[str, Any]]:
     options: list[dict[str, Any]] = []
     for p in providers:
         if p == "TensorrtExecutionProvider":
             # Engines take minutes to build; cache them across restarts.
             cache = Path(tempfile.gettempdir()) / "pingan-trt-cache"
-            options.append(
-                {
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(cache),
-                    "trt_fp16_enable": precision == "fp16",
-                }
-            )
+            trt: dict[str, Any] = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_fp16_enable": precision == "fp16",
+            }
+            if entry is not None and entry.input.dynamic_batch:
+                # One engine for every batch size up to max_batch, instead of a rebuild per new size.
+                i = entry.input
+                shape = f"{i.name}:{{}}x3x{i.height}x{i.width}"
+                trt["trt_profile_min_shapes"] = shape.format(1)
+                trt["trt_profile_opt_shapes"] = shape.format(max_batch)
+                trt["trt_profile_max_shapes"] = shape.format(max_batch)
+            options.append(trt)
         else:
             options.append({})
     return options
@@ -199,7 +207,7 @@ def load_detector(
             str(path),
             sess_options=session_options(intra_op_threads),
             providers=chosen,
-            provider_options=_provider_options(chosen, prec),
+            provider_options=_provider_options(chosen, prec, entry, max_batch),
         )
     except Exception as err:  # ORT's exceptions are not PinganErrors; the caller needs one
         raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None

@@ -30,6 +30,7 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
+    name: str = "images"  # the ONNX input's name (ultralytics exports and our NanoDet build both use it)
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     layout: Literal["NCHW"] = "NCHW"
@@ -38,6 +39,8 @@ class InputSpec(_Strict):
     std: tuple[float, float, float] = (255.0, 255.0, 255.0)
     letterbox: bool
     pad_value: int = Field(default=114, ge=0, le=255)
+    # True: the model's batch dim is symbolic (checked at load); lets TensorRT build one engine for 1..max.
+    dynamic_batch: bool = False
 
 
 class NanoDetHead(_Strict):
@@ -185,12 +188,16 @@ def check_contract(
     where = where or entry.file
     if len(inputs) != 1:
         raise ModelError(f"{where}: expected one input, got {[i.name for i in inputs]}")
+    if inputs[0].name != entry.input.name:
+        raise ModelError(f"{where}: input is named {inputs[0].name!r}, manifest says {entry.input.name!r}")
     shape = list(inputs[0].shape)
     want = [3, entry.input.height, entry.input.width]
     if len(shape) != 4 or shape[1:] != want or not (_dynamic(shape[0]) or shape[0] >= 1):
         raise ModelError(
             f"{where}: input {inputs[0].name} is {shape}, manifest says [batch, {', '.join(map(str, want))}]"
         )
+    if entry.input.dynamic_batch and not _dynamic(shape[0]):
+        raise ModelError(f"{where}: batch dim is fixed ({shape[0]}), manifest says dynamic_batch: true")
     out_shapes = [list(o.shape) for o in outputs]
     nc = len(entry.classes)
     if entry.adapter == "yolo":

@@ -107,6 +107,16 @@ def test_auto_on_cpu_loads_the_int8_variant_when_listed() -> None:
     assert det.precision == ("int8" if "int8" in entry.variants else "fp32")
 
 
+def test_tensorrt_gets_a_batch_profile_and_fp16_flag() -> None:
+    from pipeline.detection import _provider_options
+
+    entry = load_manifest(MODELS).models["vehicles"]
+    trt, cpu = _provider_options(["TensorrtExecutionProvider", "CPUExecutionProvider"], "fp16", entry, 8)
+    assert cpu == {} and trt["trt_fp16_enable"] is True
+    assert trt["trt_profile_min_shapes"] == "images:1x3x416x416"
+    assert trt["trt_profile_max_shapes"] == "images:8x3x416x416"
+
+
 def test_unlisted_precision_is_a_model_error(tmp_path: Path) -> None:
     import yaml
 

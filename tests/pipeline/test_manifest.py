@@ -125,6 +125,8 @@ def _entry(adapter: str = "nanodet") -> ModelEntry:
 
 def test_contract_accepts_the_real_layout_and_dynamic_batch() -> None:
     levels = check_contract(_entry(), [Arg("images", ["batch", 3, 416, 416])], NANODET_OUTPUTS)
+    fixed = _entry().model_copy(update={"input": _entry().input.model_copy(update={"dynamic_batch": False})})
+    assert len(check_contract(fixed, [Arg("images", [1, 3, 416, 416])], NANODET_OUTPUTS)) == 3
     assert [lv.stride for lv in levels] == [8, 16, 32]
 
 
@@ -132,9 +134,10 @@ def test_contract_accepts_the_real_layout_and_dynamic_batch() -> None:
     ("inputs", "outputs", "match"),
     [
         ([Arg("images", [1, 3, 320, 320])], NANODET_OUTPUTS, "manifest says"),
+        ([Arg("input_1", [1, 3, 416, 416])], NANODET_OUTPUTS, "named 'input_1'"),
         ([Arg("images", [1, 416, 416, 3])], NANODET_OUTPUTS, "manifest says"),
-        ([Arg("images", [1, 3, 416, 416])], NANODET_OUTPUTS[:5], "NanoDet outputs"),
-        ([Arg("images", [1, 3, 416, 416])], [Arg("o", [1, 79, 3549])], "NanoDet"),
+        ([Arg("images", ["batch", 3, 416, 416])], NANODET_OUTPUTS[:5], "NanoDet outputs"),
+        ([Arg("images", ["batch", 3, 416, 416])], [Arg("o", [1, 79, 3549])], "NanoDet"),
     ],
 )
 def test_contract_violations_raise_model_error(inputs: list[Arg], outputs: list[Arg], match: str) -> None:
@@ -142,8 +145,15 @@ def test_contract_violations_raise_model_error(inputs: list[Arg], outputs: list[
         check_contract(_entry(), inputs, outputs)
 
 
+def test_dynamic_batch_claim_is_checked() -> None:
+    entry = _entry()
+    assert entry.input.dynamic_batch
+    with pytest.raises(ModelError, match="dynamic_batch"):
+        check_contract(entry, [Arg("images", [1, 3, 416, 416])], NANODET_OUTPUTS)
+
+
 def test_yolo_contract() -> None:
     entry = _entry("yolo")
-    assert check_contract(entry, [Arg("images", [1, 3, 416, 416])], [Arg("output0", [1, 84, 3549])]) == []
+    assert check_contract(entry, [Arg("images", ["b", 3, 416, 416])], [Arg("output0", [1, 84, 3549])]) == []
     with pytest.raises(ModelError, match="YOLO output"):
-        check_contract(entry, [Arg("images", [1, 3, 416, 416])], [Arg("output0", [1, 85, 3549])])
+        check_contract(entry, [Arg("images", ["b", 3, 416, 416])], [Arg("output0", [1, 85, 3549])])
