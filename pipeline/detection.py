@@ -199,18 +199,37 @@ def load_detector(
     entry = model_entry(name, models_dir)
     chosen = choose_providers(providers)
     prec = choose_precision(entry, chosen, precision)
+    session, sha256 = _open(entry, Path(models_dir), chosen, prec, intra_op_threads, max_batch)
+    actual = session.get_providers()
+    if precision == "auto" and chosen[0] in GPU_PROVIDERS and actual[0] not in GPU_PROVIDERS:
+        # The GPU provider is installed but did not come up (no device, CUDA libraries missing): ORT fell
+        # back to the CPU, where the CPU's precision choice (INT8) is the right one, not the GPU's.
+        log.warning("detector %s: %s did not start, running on %s", name, chosen[0], actual[0])
+        prec = choose_precision(entry, actual, precision)
+        session, sha256 = _open(entry, Path(models_dir), actual, prec, intra_op_threads, max_batch)
+    detector = OnnxDetector(name, entry, session, sha256, prec, max_batch)
+    log.info("detector %s: %s, %s on %s", name, entry.file_for(prec)[0], prec, detector.providers)
+    return detector
+
+
+def _open(
+    entry: ModelEntry,
+    models_dir: Path,
+    providers: Sequence[str],
+    prec: Precision,
+    threads: int,
+    max_batch: int,
+) -> tuple[ort.InferenceSession, str]:
     file, sha256 = entry.file_for(prec)
-    path = Path(models_dir) / file
+    path = models_dir / file
     verify_file(path, sha256)
     try:
         session = ort.InferenceSession(
             str(path),
-            sess_options=session_options(intra_op_threads),
-            providers=chosen,
-            provider_options=_provider_options(chosen, prec, entry, max_batch),
+            sess_options=session_options(threads),
+            providers=list(providers),
+            provider_options=_provider_options(providers, prec, entry, max_batch),
         )
     except Exception as err:  # ORT's exceptions are not PinganErrors; the caller needs one
         raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None
-    detector = OnnxDetector(name, entry, session, sha256, prec, max_batch)
-    log.info("detector %s: %s, %s on %s", name, file, prec, detector.providers)
-    return detector
+    return session, sha256

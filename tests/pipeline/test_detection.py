@@ -258,3 +258,23 @@ def test_yolo_model_with_dynamic_batch_end_to_end(tmp_path: Path) -> None:
     for d, box in zip(results, expected, strict=True):
         assert d.class_id.tolist() == [BIN]  # the duplicate is suppressed, the 0.1 box is under threshold
         np.testing.assert_allclose(d.xyxy[0], box, atol=1e-4)
+
+
+def test_gpu_provider_that_does_not_start_falls_back_to_cpu_precision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CUDA listed by onnxruntime but unusable: ORT runs on CPU, so auto precision must not stay on FP16."""
+    import pipeline.detection as detection
+
+    gpu_first = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(detection, "choose_providers", lambda requested=None: gpu_first)
+    real = detection.ort.InferenceSession
+
+    def cpu_only(path: str, sess_options: object = None, providers: object = None, **kw: object) -> object:
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(detection.ort, "InferenceSession", cpu_only)
+    entry = load_manifest(MODELS).models["vehicles"]
+    det = load_detector("vehicles", MODELS)
+    assert det.providers[0] == "CPUExecutionProvider"
+    assert det.precision == ("int8" if "int8" in entry.variants else "fp32")
