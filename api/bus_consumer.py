@@ -59,7 +59,7 @@ class BusConsumer:
         self,
         rt: Runtime,
         durable: str = "pingan-api",
-        batch: int = 16,
+        batch: int = 32,
         ack_wait_s: float = 10.0,
         fetch_timeout_s: float = 1.0,
         replica_id: str | None = None,
