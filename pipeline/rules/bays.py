@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import Zone
 from pipeline.detections import LABEL_IDS, Detections
-from pipeline.rules.places import PlaceBook
+from pipeline.rules.places import MotionFilter, PlaceBook
 from pipeline.zones import Polygon
 
 
@@ -44,6 +44,7 @@ class BayRule:
         self.label_ids = np.asarray([LABEL_IDS[n] for n in (zone.labels or ["vehicle"])], np.int64)
         self.min_conf = zone.min_confidence
         still = min(8.0, self.occupy_s / 2) if still_s is None else still_s
+        self.motion = MotionFilter(gate_frac)
         self.book = PlaceBook(
             zone.id,
             still_s=still,
@@ -56,6 +57,7 @@ class BayRule:
         self.book.expire(ts)
         keep = np.isin(dets.class_id, self.label_ids) & (dets.confidence >= self.min_conf * 0.5)
         d = dets[keep]
+        d = d[~self.motion.update(d, ts)]
         may_start = (d.confidence >= self.min_conf) & self.polygon.contains(d.anchors)
         self.book.observe(ts, d, may_start)
         occupied = sum(1 for p in self.book.stays if p.last_seen - p.first_ts >= self.occupy_s)

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.config import Zone
 from pipeline.detections import LABEL_IDS, Detections
 from pipeline.rules.base import RuleSignal, SignalKind
-from pipeline.rules.places import Place, PlaceBook
+from pipeline.rules.places import MotionFilter, Place, PlaceBook
 from pipeline.rules.schedule import Schedule
 from pipeline.zones import Polygon
 
@@ -59,6 +59,7 @@ class ParkingRule:
         self.extra_still_s = max(30.0, self.dwell / 2) if extra_still_s is None else extra_still_s
         self.update_every_s = update_every_s
         still = min(8.0, self.dwell / 3) if still_s is None else still_s
+        self.motion = MotionFilter(gate_frac)
         self.book = PlaceBook(
             zone.id, still_s=still, inertia_s=zone.inertia_s, gate_frac=gate_frac, pending_ttl_s=pending_ttl_s
         )
@@ -69,6 +70,7 @@ class ParkingRule:
         out = [self._end(p, ts) for p in self.book.expire(ts)]
         keep = np.isin(dets.class_id, self.label_ids) & (dets.confidence >= self.keep_conf)
         d = dets[keep]
+        d = d[~self.motion.update(d, ts)]
         may_start = (d.confidence >= self.min_conf) & self.polygon.contains(d.anchors)
         seen, began = self.book.observe(ts, d, may_start)
         for p in began:

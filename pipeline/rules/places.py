@@ -27,6 +27,7 @@ class Place:
     boxes: deque[tuple[float, float, float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     key: str = ""  # set when the place becomes a stay
     n_obs: int = 0
+    first_frame: int = 0
     # the latest matching detection (what a still should show)
     box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     confidence: float = 0.0
@@ -88,6 +89,38 @@ def greedy_match(cost: np.ndarray, valid: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
+class MotionFilter:
+    """Flags detections whose track moved recently: a vehicle driving through a zone must neither start nor
+    keep a stay at a place it merely passes. Uses the tracker's ids only as evidence of motion (an id switch
+    or an untracked detection, id -1, counts as not moving), so a stay never depends on a stable id.
+
+    A detection is *moving* when its track was seen, within the last ``settle_s`` or (if not then) at its
+    latest sighting within ``window_s``, more than ``gate_frac`` × box size away from where it is now."""
+
+    def __init__(self, gate_frac: float = 0.3, settle_s: float = 3.0, window_s: float = 10.0) -> None:
+        self.gate_frac = gate_frac
+        self.settle_s = settle_s
+        self.window_s = window_s
+        self._seen: dict[int, deque[tuple[float, float, float]]] = {}
+
+    def update(self, dets: Detections, ts: float) -> np.ndarray:
+        moving = np.zeros(len(dets), bool)
+        anchors, sizes = dets.anchors, dets.sizes
+        for i, tid in enumerate(dets.track_id.tolist()):
+            if tid < 0:
+                continue
+            hist = self._seen.setdefault(tid, deque(maxlen=64))
+            x, y = float(anchors[i, 0]), float(anchors[i, 1])
+            gate = self.gate_frac * float(sizes[i])
+            recent = [h for h in hist if ts - h[0] <= self.settle_s]
+            if not recent and hist and ts - hist[-1][0] <= self.window_s:
+                recent = [hist[-1]]
+            moving[i] = any(np.hypot(hx - x, hy - y) > gate for _, hx, hy in recent)
+            hist.append((ts, x, y))
+        self._seen = {k: v for k, v in self._seen.items() if ts - v[-1][0] <= self.window_s}
+        return moving
+
+
 class PlaceBook:
     """Pending places and stays of one zone. ``observe`` matches one frame's (already filtered) detections."""
 
@@ -110,6 +143,7 @@ class PlaceBook:
         self.stays: list[Place] = []
         self.pending: list[Place] = []
         self._next = 1
+        self._frame = 0
 
     def _match(
         self, places: list[Place], dets: Detections, cols: np.ndarray
@@ -134,6 +168,7 @@ class PlaceBook:
     def observe(self, ts: float, dets: Detections, may_start: np.ndarray) -> tuple[list[Place], list[Place]]:
         """Match ``dets`` to stays (any detection may continue a stay) and to pending places (only those in
         ``may_start``). Returns (stays seen this frame, stays that began this frame)."""
+        self._frame += 1
         n = len(dets)
         free = np.ones(n, bool)
         seen: list[Place] = []
@@ -158,13 +193,16 @@ class PlaceBook:
             place = self.pending[r]
             place.observe(ts, dets, int(cols[c]))
             matched_cols.add(c)
-            if ts - place.first_ts >= self.still_s and place.n_obs >= 2:
+            # seen at this place in at least half the frames since it was first seen (a lane of traffic
+            # passing the same point now and then is not a stationary vehicle)
+            dense = place.n_obs >= max(2.0, 0.5 * (self._frame - place.first_frame + 1))
+            if ts - place.first_ts >= self.still_s and dense:
                 place.key = f"{self.prefix}#{self._next}"
                 self._next += 1
                 began.append(place)
         for c in range(len(cols)):
             if c not in matched_cols:
-                p = Place(first_ts=ts, last_seen=ts)
+                p = Place(first_ts=ts, last_seen=ts, first_frame=self._frame)
                 p.observe(ts, dets, int(cols[c]))
                 self.pending.append(p)
         if began:
