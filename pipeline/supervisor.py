@@ -86,9 +86,9 @@ class Supervisor:
                 log.error("camera %s not started: %s", cam.id, self.unavailable[cam.id])
         self.cameras = [c for c in self.cameras if c.id not in self.unavailable]
         if self.sink is None:
-            from pipeline.sinks import HttpSink
+            from pipeline.sinks_nats import sink_for  # HttpSink to the API, or NatsSink when bus.kind is nats
 
-            self.sink = HttpSink(cfg.api.base_url, cfg.api.worker_key or "")
+            self.sink = sink_for(cfg)
         # The outbox outlives the workers at shutdown (it flushes what they left), so it has its own stop.
         self._outbox_stop = threading.Event()
         self.outbox = Outbox(data_dir / "outbox.db", self.sink, self._outbox_stop)  # type: ignore[arg-type]
