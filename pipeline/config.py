@@ -237,12 +237,13 @@ class StorageConfig(_Strict):
 
 
 class BusConfig(_Strict):
-    """How workers deliver events: ``http`` to the API (one box), or ``nats`` JetStream (district scale-out)."""
+    """How workers deliver events: ``http`` to the API (one box), or ``nats`` JetStream (a district)."""
 
     kind: Literal["http", "nats"] = "http"
     nats_url: Annotated[str, StringConstraints(min_length=7, max_length=2048)] = "nats://127.0.0.1:4222"
     stream: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "PINGAN"
     subject_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "pingan"
+    replicas: Annotated[int, Field(ge=1, le=5)] = 1  # JetStream copies of the stream (3 in a NATS cluster)
 
     @field_validator("nats_url", mode="before")
     @classmethod
@@ -253,7 +254,7 @@ class BusConfig(_Strict):
                     raise ValueError(f"environment variable {m.group(1)} is not set")
             v = _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
             if not v.startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ValueError("must be a nats://, tls://, ws:// or wss:// URL (comma-separated for a cluster)")
+                raise ValueError("must be nats://, tls://, ws:// or wss:// URLs (comma-separated: a cluster)")
         return v
 
 
