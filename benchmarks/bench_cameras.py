@@ -435,7 +435,8 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         workers.append(w)
     scheduler.start()
     t_start = time.monotonic()
-    for w in workers:
+    for i, w in enumerate(workers):
+        _stagger(i, spec)
         w.start()
 
     def counters() -> dict[str, int]:
@@ -461,7 +462,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "providers": detector.providers,
             "events": lambda: len(events),
         },
-        lambda: _join_all(workers, 3.0),
+        lambda: _join_all(workers, 5.0),
     )
 
 
@@ -523,7 +524,8 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
     threads = [
         threading.Thread(target=camera, args=(i, u), daemon=True) for i, u in enumerate(spec.urls[: spec.n])
     ]
-    for t in threads:
+    for i, t in enumerate(threads):
+        _stagger(i, spec)
         t.start()
     with contextlib.suppress(threading.BrokenBarrierError):
         ready.wait(60)
@@ -548,14 +550,23 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
             "decode": "cv2.VideoCapture.read() of every frame",
             "errors": lambda: errors[:5],
         },
-        lambda: _join_all(threads, 3.0),
+        lambda: _join_all(threads, 5.0),
     )
     return out
 
 
+def _stagger(i: int, spec: TrialSpec) -> None:
+    """Spread camera starts over one detection period so their keyframes are not all in phase (independent
+    cameras are not; a burst of N keyframes at once would only measure queueing)."""
+    if i:
+        time.sleep(1.0 / spec.target_fps / spec.n)
+
+
 def _join_all(items: list[Any], timeout_s: float) -> None:
+    """Join threads/workers that were all told to stop, within ``timeout_s`` in total."""
+    deadline = time.monotonic() + timeout_s
     for item in items:
-        item.join(timeout_s)
+        item.join(max(0.05, deadline - time.monotonic()))
 
 
 def _measure(
@@ -656,7 +667,8 @@ def trial_main(spec_json: str) -> int:
     spec = TrialSpec(**json.loads(spec_json))
     row = _pingan_trial(spec) if spec.mode == "pingan" else _naive_trial(spec)
     print(RESULT_PREFIX + json.dumps(row), flush=True)
-    return 0
+    sys.stderr.flush()
+    os._exit(0)  # decoder/ORT threads may still be winding down: do not let interpreter teardown abort
 
 
 # ---- driving the trials ------------------------------------------------------------------------------------
@@ -677,6 +689,7 @@ class Options:
     precision: str = "auto"
     levers: bool = False
     lever_n: int = 8
+    lever_duration_s: float | None = None  # default: duration_s
     clip_seconds: float = 12.0
     budget_s: float = 900.0
     out: Path | None = None
@@ -733,6 +746,9 @@ class Runner:
             row = {"mode": mode, "label": spec.label, "n": n, "keeps_up": False, "error": tail}
         row["server_cpu_cores"] = (cpu_seconds(self.server.pid) - srv_c0) / max(wall, 1e-6)
         row["machine_busy_cores"] = _busy_cores(busy0, _proc_stat())
+        row["other_load_cores_approx"] = max(
+            0.0, row["machine_busy_cores"] - row.get("cpu_cores", 0.0) - row["server_cpu_cores"]
+        )
         row["trial_wall_s"] = wall
         row["loadavg_after"] = loadavg()
         self.rows.append(row)
@@ -786,7 +802,8 @@ class Runner:
             if self.over_budget():
                 rows.append({"lever": name, "what": what, "skipped": "time budget spent"})
                 return
-            row = self.trial("pingan", n, label=name, **kw)
+            dur = self.opts.lever_duration_s or self.opts.duration_s
+            row = self.trial("pingan", n, label=name, duration_s=dur, **kw)
             rows.append({"lever": name, "what": what, **row})
 
         lever("baseline", "pingan defaults (keyframe-only decode, camera's gate default), street clip")
@@ -835,7 +852,7 @@ def run(opts: Options) -> dict[str, Any]:
         opts.duration_s = min(opts.duration_s, 4.0)
         opts.max_n, opts.start_n = min(opts.max_n, 2), 1
         opts.naive_max_n, opts.naive_start_n = 1, 1
-        opts.lever_n = 1
+        opts.lever_n, opts.lever_duration_s = 1, opts.duration_s
         opts.clip_seconds = 4.0
         opts.max_latency_s = max(opts.max_latency_s, 5.0)  # a busy test machine
     started = now_iso()
@@ -869,6 +886,7 @@ def run(opts: Options) -> dict[str, Any]:
         "ratio_pingan_over_naive": ratio,
         "pingan_at_max": _brief(best_p),
         "naive_at_max": _brief(best_n),
+        "levers": [_lever_brief(r) for r in levers],
     }
     return {
         "bench": "cameras",
@@ -888,6 +906,8 @@ def run(opts: Options) -> dict[str, Any]:
             "max_latency_s": opts.max_latency_s,
             "latency": "Frame.ts (stream clock anchored at the connection's first packet) → detections "
             "applied to tracker and rules; the API's event-queryable latency is not measured here",
+            "phases": "camera starts are spread over one detection period, so keyframes arrive out of phase "
+            "as from independent cameras",
             "cpu": "utime+stime of the trial process over the window (/proc/self/stat); the RTSP server and "
             "other load are listed separately (server_cpu_cores; machine_busy_cores = the whole box, trial "
             "included)",
@@ -898,6 +918,25 @@ def run(opts: Options) -> dict[str, Any]:
         "naive": naive,
         "trials": runner.rows,
         "levers": levers,
+    }
+
+
+def _lever_brief(row: dict[str, Any]) -> dict[str, Any]:
+    if "skipped" in row or "error" in row:
+        return {k: row.get(k) for k in ("lever", "what", "skipped", "error") if k in row}
+    lat = row.get("latency_s") or {}
+    return {
+        "lever": row["lever"],
+        "n": row.get("n"),
+        "keeps_up": row.get("keeps_up"),
+        "cpu_cores": row.get("cpu_cores"),
+        "cpu_cores_per_camera": row.get("cpu_cores_per_camera"),
+        "latency_p50_s": lat.get("p50"),
+        "latency_p95_s": lat.get("p95"),
+        "inference_calls": row.get("inference_calls"),
+        "gated_fraction": row.get("gated_fraction"),
+        "precision": row.get("precision"),
+        "rss_mib_per_camera": (row.get("rss_mib") or {}).get("per_camera"),
     }
 
 
@@ -935,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "fp16", "int8"])
     ap.add_argument("--levers", action="store_true", help="add lever rows at --lever-n cameras")
     ap.add_argument("--lever-n", type=int, default=d.lever_n)
+    ap.add_argument("--lever-duration-s", type=float, default=None, help="window of lever rows")
     ap.add_argument("--clip-seconds", type=float, default=d.clip_seconds)
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="stop searching after this long")
     ap.add_argument("--cache-dir", type=Path, default=d.cache_dir)
