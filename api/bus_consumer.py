@@ -70,6 +70,7 @@ class BusConsumer:
         self.url = cfg.nats_url
         self.stream = cfg.stream
         self.prefix = cfg.subject_prefix
+        self.replicas = cfg.replicas
         self.site_id = rt.settings.site_id
         self.durable = durable
         self.batch = batch
@@ -163,8 +164,8 @@ class BusConsumer:
         nc.options["max_reconnect_attempts"] = -1  # once connected, reconnect for ever
         self._nc = nc
         js = self._js = nc.jetstream(timeout=5.0)
-        await bus.ensure_stream(js, self.stream, self.prefix)
-        self._obj = await bus.ensure_evidence_bucket(js, self.prefix)
+        await bus.ensure_stream(js, self.stream, self.prefix, self.replicas)
+        self._obj = await bus.ensure_evidence_bucket(js, self.prefix, self.replicas)
         await js.add_consumer(
             self.stream,
             ConsumerConfig(

@@ -113,6 +113,7 @@ async def ensure_stream(js: Any, stream: str, prefix: str, replicas: int = 1) ->
         sorted(have.subjects or []) != sorted(cfg.subjects or [])
         or have.duplicate_window != cfg.duplicate_window
         or have.max_age != cfg.max_age
+        or (have.num_replicas or 1) != replicas
     ):
         await js.update_stream(cfg)
 

@@ -48,6 +48,7 @@ class NatsSink:
         timeout_s: float = 5.0,
         connect_timeout_s: float = 2.0,
         name: str = "pingan-worker",
+        replicas: int = 1,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -56,6 +57,7 @@ class NatsSink:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.name = name
+        self.replicas = replicas
         self._masked = ",".join(mask_url(u) for u in url.split(","))
         self._nc: Any = None
         self._js: Any = None
@@ -125,13 +127,13 @@ class NatsSink:
     async def _jetstream(self) -> Any:
         await self._connection()
         if not self._stream_ok:
-            await bus.ensure_stream(self._js, self.stream, self.prefix)
+            await bus.ensure_stream(self._js, self.stream, self.prefix, self.replicas)
             self._stream_ok = True
         return self._js
 
     async def _bucket(self) -> Any:
         if self._obj is None:
-            self._obj = await bus.ensure_evidence_bucket(self._js, self.prefix)
+            self._obj = await bus.ensure_evidence_bucket(self._js, self.prefix, self.replicas)
         return self._obj
 
     # ---- sending --------------------------------------------------------------------------------
@@ -240,7 +242,8 @@ class NatsSink:
 def sink_for(cfg: Any) -> Any:
     """The sink ``cfg.bus`` asks for: ``HttpSink`` to the API (default) or ``NatsSink`` (district)."""
     if cfg.bus.kind == "nats":
-        return NatsSink(cfg.bus.nats_url, cfg.bus.stream, cfg.bus.subject_prefix, cfg.site.id)
+        b = cfg.bus
+        return NatsSink(b.nats_url, b.stream, b.subject_prefix, cfg.site.id, replicas=b.replicas)
     from pipeline.sinks import HttpSink
 
     return HttpSink(cfg.api.base_url, cfg.api.worker_key or "")
