@@ -249,8 +249,9 @@ def detect(
 @app.command()
 def demo(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None:
     """Prepare demo media offline, serve it over a local RTSP server, and run everything."""
-    from pipeline.devtools.demo import prepare_and_serve
+    from pipeline.devtools.demo import demo_credentials, prepare_and_serve
 
+    demo_credentials()
     cfg = _load(config)
     with prepare_and_serve(cfg):
         run(config=config, verbose=verbose)

@@ -113,10 +113,15 @@ def _demo_streams(cfg: Config) -> list[str]:
     return names
 
 
-@contextlib.contextmanager
-def prepare_and_serve(cfg: Config) -> Iterator[None]:
+def demo_credentials() -> None:
+    """The demo cameras' RTSP credentials (cameras.yaml reads them from the environment like real ones)."""
     os.environ.setdefault("PINGAN_DEMO_USER", "demo")
     os.environ.setdefault("PINGAN_DEMO_PASSWORD", secrets.token_urlsafe(12))
+
+
+@contextlib.contextmanager
+def prepare_and_serve(cfg: Config) -> Iterator[None]:
+    demo_credentials()
     media = prepare_media(_demo_streams(cfg), cfg.storage.data_dir / "demo")
     if not media:
         yield
