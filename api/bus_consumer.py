@@ -142,7 +142,6 @@ class BusConsumer:
 
     async def _setup(self) -> Any:
         import nats
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         async def _err(e: Exception) -> None:
             log.debug("NATS bus: %s", type(e).__name__)
@@ -166,19 +165,7 @@ class BusConsumer:
         js = self._js = nc.jetstream(timeout=5.0)
         await bus.ensure_stream(js, self.stream, self.prefix, self.replicas)
         self._obj = await bus.ensure_evidence_bucket(js, self.prefix, self.replicas)
-        await js.add_consumer(
-            self.stream,
-            ConsumerConfig(
-                durable_name=self.durable,
-                description="pingan API replicas (shared)",
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.ack_wait_s,
-                max_deliver=-1,
-                max_ack_pending=1000,
-                filter_subject=bus.events_filter(self.prefix),
-            ),
-        )
+        await self._add_consumer(js)
         psub = await js.pull_subscribe_bind(self.durable, self.stream)
         await nc.subscribe(bus.live_subject(self.prefix, self.site_id), cb=self._on_live)
         await nc.subscribe(bus.status_filter(self.prefix), queue=self.durable, cb=self._on_status)
@@ -194,6 +181,34 @@ class BusConsumer:
             self.replica_id,
         )
         return psub
+
+    async def _add_consumer(self, js: Any) -> None:
+        """Create the shared durable consumer unless it exists; an existing one is used as it is found (an
+        operator may have re-created it, e.g. to replay from a start time)."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            info = None
+        if info is not None:
+            if info.config.ack_policy != AckPolicy.EXPLICIT:
+                raise RuntimeError(f"consumer {self.durable} exists without explicit acks; remove it")
+            return
+        await js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=self.durable,
+                description="pingan API replicas (shared)",
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=1000,
+                filter_subject=bus.events_filter(self.prefix),
+            ),
+        )
 
     # ---- events ---------------------------------------------------------------------------------
 

@@ -194,3 +194,22 @@ def test_camera_status_arrives_over_the_bus(tmp_path: Path, bus_cfg: BusConfig) 
             return bool(row and row["state"] == "running" and row["frames"] == 10)
 
         wait_for(reported, what="camera status")
+
+
+def test_a_durable_configured_by_an_operator_is_used_as_found(tmp_path: Path, bus_cfg: BusConfig) -> None:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    async def precreate(_nc: Any, js: Any) -> None:  # e.g. a replay from a start time, another ack wait
+        await bus.ensure_stream(js, bus_cfg.stream, bus_cfg.subject_prefix)
+        await js.add_consumer(bus_cfg.stream, ConsumerConfig(
+            durable_name="pingan-api", ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time="2026-01-01T00:00:00Z",
+            filter_subject=bus.events_filter(bus_cfg.subject_prefix),
+        ))
+
+    _run(bus_cfg.nats_url, precreate)
+    ev = Event.model_validate(make_event())
+    with replica(settings(tmp_path, bus_cfg)) as (client, _c), sink(bus_cfg) as snk:
+        snk.send(ev, {})
+        wait_for(lambda: client.app.state.pingan.store.get_event(ev.id), what="the event")  # type: ignore[attr-defined]
+    assert consumer_info(bus_cfg).config.ack_wait == 30.0
