@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,20 @@ def _healthz(_: Annotated[None, Depends(public)], rt: RuntimeDep) -> JSONRespons
     return JSONResponse(
         {"status": "ok" if ok else "degraded", "database": ok}, status_code=200 if ok else 503
     )
+
+
+async def _retention(rt: Runtime) -> None:
+    """Keep evidence on disk under ``media_max_bytes`` (oldest events' files go first)."""
+    cap = rt.settings.media_max_bytes
+    assert cap is not None
+    while True:
+        try:
+            files, freed = await run_in_threadpool(rt.store.prune_media, cap)
+            if files:
+                log.info("retention: removed %d evidence files (%d bytes)", files, freed)
+        except Exception as err:  # keep the loop alive; the next round retries
+            log.warning("retention failed: %s", type(err).__name__)
+        await asyncio.sleep(rt.settings.retention_every_s)
 
 
 def app_routes(app: FastAPI) -> list[BaseRoute]:
@@ -89,9 +104,14 @@ def create_app(settings: Settings) -> FastAPI:
             consumer = BusConsumer(rt)
             app.state.bus_consumer = consumer
             await consumer.start()
+        retention = asyncio.create_task(_retention(rt)) if settings.media_max_bytes else None
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             if consumer is not None:
                 await consumer.stop()
             rt.broadcaster.close()

@@ -60,6 +60,8 @@ class Settings(BaseModel):
     sse_queue_size: Annotated[int, Field(ge=1)] = 256
     camera_stale_s: Annotated[float, Field(gt=0)] = 30.0
     page_limit_max: Annotated[int, Field(ge=1)] = 500
+    media_max_bytes: Annotated[int, Field(ge=1)] | None = None  # retention cap for evidence on disk
+    retention_every_s: Annotated[float, Field(gt=0)] = 600.0
     site_id: str = "site"
     bus: BusConfig = BusConfig()  # kind nats: consume events from JetStream (api.bus_consumer)
 
@@ -137,6 +139,7 @@ def settings_from_config(cfg: Config, **overrides: object) -> Settings:
             CameraInfo(id=c.id, name=c.name, grid=c.grid or cfg.site.grid, zones=[z.id for z in c.zones])
             for c in cfg.cameras
         ],
+        "media_max_bytes": cfg.api.media_max_mb * 1024 * 1024,
         "site_name": cfg.site.name,
         "timezone": cfg.site.timezone,
         "site_id": cfg.site.id,
