@@ -14,9 +14,9 @@ What it does:
 3. For each N tried, runs a fresh sub-process (so CPU and RSS are that configuration's own):
 
    - ``pingan``: N cameras through the real path: ``pipeline.sources.Source`` (keyframe-only decode at
-     ``detect_fps``), ``CameraWorker`` (gate when asked, tracker, rules, incident builder with evidence
-     stills), one shared ``OnnxDetector`` (``load_detector``: 1-thread session, no spinning) run by the
-     ``InferenceScheduler`` with ``--inference-threads`` threads. Plate reading is off (rare and separate).
+     ``detect_fps``), ``CameraWorker`` (static-scene gate as configured, tracker, rules, incident builder with
+     evidence stills), one shared ``OnnxDetector`` (``load_detector``: 1-thread session, no spinning) run
+     by the ``InferenceScheduler`` with ``--inference-threads`` threads. Plates are not read (rare, separate).
    - ``naive``: per camera, ``cv2.VideoCapture(url).read()`` of every frame and its own ONNX Runtime session
      with default options (all cores, spinning), running the same model file at FP32 on every k-th frame for
      the same target rate; pre- and post-processing are pingan's adapter code, so only decode and session
