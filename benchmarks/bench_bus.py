@@ -138,7 +138,7 @@ def _server_versions(db_url: str) -> dict[str, Any]:
     async def nats_version() -> str:
         nc = await nats.connect(NATS_URL)
         try:
-            return str(nc.connected_server_version)
+            return str(nc.connected_server_version).strip("<>").removeprefix("nats server v")
         finally:
             await nc.close()
 
