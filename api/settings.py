@@ -140,6 +140,8 @@ def settings_from_config(cfg: Config, **overrides: object) -> Settings:
             for c in cfg.cameras
         ],
         "media_max_bytes": cfg.api.media_max_mb * 1024 * 1024,
+        # behind a TLS-terminating proxy, mark the session cookie Secure
+        "cookie_secure": os.environ.get("PINGAN_COOKIE_SECURE", "").lower() in ("1", "true", "yes"),
         "site_name": cfg.site.name,
         "timezone": cfg.site.timezone,
         "site_id": cfg.site.id,
