@@ -100,3 +100,36 @@ def test_broadcaster_drops_oldest_when_full():
         return got
 
     assert asyncio.run(run()) == [7, 8, 9]
+
+
+def test_concurrent_writers_on_sqlite_never_fail(live_api):
+    """Eight workers posting at once (new events, duplicates, status) through a real server: all 2xx."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = [make_event(camera_id=("gate-east", "lot-north")[i % 2]) for i in range(80)]
+    status = {"state": "running", "fps": 1.0}
+
+    def send(i: int) -> list[int]:
+        with httpx.Client(base_url=live_api.url, headers=WORKER, timeout=30) as c:
+            codes = [
+                c.post("/api/events", json=events[i]).status_code,
+                c.post("/api/events", json=events[i]).status_code,
+                c.put("/api/cameras/gate-east/status", json=status).status_code,
+            ]
+            return codes
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, range(len(events))))
+    assert all(r == [201, 200, 204] for r in results), results
+    with httpx.Client(base_url=live_api.url) as c:
+        tok = _token(c, "admin")
+        seen, cursor = [], None
+        while True:
+            page = c.get(
+                "/api/events", params={"limit": 500} | ({"cursor": cursor} if cursor else {}), headers=tok
+            ).json()
+            seen += [e["id"] for e in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    assert sorted(seen) == sorted(e["id"] for e in events)
