@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def _sqlite_tuning(engine: Engine) -> None:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest revision (``alembic upgrade head``) on this engine."""
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin otherwise
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.connect() as conn:
