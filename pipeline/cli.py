@@ -340,8 +340,8 @@ def bench_all() -> None:
     """Detector, API and cameras benchmarks with their default settings (tens of minutes)."""
     import importlib
 
-    for module in ("bench_detector", "bench_api", "bench_cameras"):
-        code = importlib.import_module(f"benchmarks.{module}").main([])
+    for module, args in (("bench_detector", []), ("bench_api", []), ("bench_cameras", ["--levers"])):
+        code = importlib.import_module(f"benchmarks.{module}").main(args)
         if code:
             raise typer.Exit(code)
 
