@@ -175,9 +175,9 @@ def worker(
     camera: Annotated[list[str] | None, typer.Option("--camera", help="camera id (repeatable)")] = None,
     verbose: bool = False,
 ) -> None:
-    """Run camera workers only, posting to the API at api.url."""
+    """Run camera workers only, posting to the API at api.url (or to NATS when bus.kind is nats)."""
     cfg = _load(config)
-    if not (os.environ.get("PINGAN_WORKER_KEY") or cfg.api.worker_key):
+    if cfg.bus.kind == "http" and not (os.environ.get("PINGAN_WORKER_KEY") or cfg.api.worker_key):
         typer.echo("worker: set api.worker_key or PINGAN_WORKER_KEY", err=True)
         raise typer.Exit(2)
     _ensure_worker_key(cfg)
