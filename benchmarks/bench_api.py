@@ -507,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return serve_main(args.serve)
     opts = Options(**{k: v for k, v in vars(args).items() if k != "serve"})
-    path = write_json(result_path("api", opts.out), run(opts))
+    payload = run(opts)
+    payload["command"] = " ".join(["pingan bench api", *(sys.argv[1:] if argv is None else argv)])
+    path = write_json(result_path("api", opts.out), payload)
     note(f"wrote {path}")
     print(path)
     return 0

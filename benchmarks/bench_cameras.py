@@ -458,6 +458,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         {
             "detector": repr(detector),
             "static_gate": gate_on,
+            "gate_refresh_s": getattr(cam, "gate_refresh_s", None) if gate_on else None,
             "precision": detector.precision,
             "providers": detector.providers,
             "events": lambda: len(events),
@@ -1029,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
         return trial_main(args.trial)
     opts = Options(**{k: v for k, v in vars(args).items() if k != "trial"})
     payload = run(opts)
+    payload["command"] = " ".join(["pingan bench cameras", *(sys.argv[1:] if argv is None else argv)])
     path = write_json(result_path("cameras", opts.out), payload)
     s = payload["summary"]
     note(

@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds,
         out=args.out,
     )
-    path = write_json(result_path("detector", opts.out), run(opts))
+    payload = run(opts)
+    payload["command"] = " ".join(["pingan bench detector", *(sys.argv[1:] if argv is None else argv)])
+    path = write_json(result_path("detector", opts.out), payload)
     note(f"wrote {path}")
     print(path)
     return 0
