@@ -59,6 +59,28 @@ async def _retention(rt: Runtime) -> None:
         await asyncio.sleep(rt.settings.retention_every_s)
 
 
+async def _health_watch(rt: Runtime) -> None:
+    """Cameras that stop reporting send nothing: notice when their health changes with time alone (e.g. a
+    worker box died → offline) and tell live subscribers, as a status report would."""
+    from api.routers.common import camera_public
+
+    last: dict[str, str] | None = None
+    while True:
+        try:
+            rows = await run_in_threadpool(rt.store.cameras)
+            now = {r["id"]: camera_public(r, rt) for r in rows}
+            if last is not None:
+                for cam_id, pub in now.items():
+                    # reports announce themselves; only time turns a camera offline silently
+                    if pub.health == "offline" and last.get(cam_id) not in (None, "offline"):
+                        meta = {"camera_id": cam_id, "grid": pub.grid}
+                        rt.broadcaster.publish("camera", pub.model_dump(mode="json"), meta)
+            last = {cam_id: pub.health for cam_id, pub in now.items()}
+        except Exception as err:  # keep watching; the next round retries
+            log.warning("camera health watch failed: %s", type(err).__name__)
+        await asyncio.sleep(rt.settings.health_check_s)
+
+
 def app_routes(app: FastAPI) -> list[BaseRoute]:
     """Every route of the app, included routers flattened (FastAPI includes them lazily)."""
     return [rc.original_route for rc in iter_route_contexts(app.routes)]
@@ -104,14 +126,17 @@ def create_app(settings: Settings) -> FastAPI:
             consumer = BusConsumer(rt)
             app.state.bus_consumer = consumer
             await consumer.start()
-        retention = asyncio.create_task(_retention(rt)) if settings.media_max_bytes else None
+        tasks = [asyncio.create_task(_health_watch(rt))]
+        if settings.media_max_bytes:
+            tasks.append(asyncio.create_task(_retention(rt)))
         try:
             yield
         finally:
-            if retention is not None:
-                retention.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await retention
+                    await task
             if consumer is not None:
                 await consumer.stop()
             rt.broadcaster.close()

@@ -59,6 +59,7 @@ class Settings(BaseModel):
     sse_heartbeat_s: Annotated[float, Field(gt=0)] = 15.0
     sse_queue_size: Annotated[int, Field(ge=1)] = 256
     camera_stale_s: Annotated[float, Field(gt=0)] = 30.0
+    health_check_s: Annotated[float, Field(gt=0)] = 5.0  # how often silent cameras are re-assessed
     page_limit_max: Annotated[int, Field(ge=1)] = 500
     media_max_bytes: Annotated[int, Field(ge=1)] | None = None  # retention cap for evidence on disk
     retention_every_s: Annotated[float, Field(gt=0)] = 600.0

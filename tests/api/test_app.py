@@ -35,3 +35,26 @@ def test_retention_task_prunes_to_the_cap(tmp_path):
         while store.media_usage() > 1500 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert store.media_usage() == 1000
+
+
+def test_a_camera_that_goes_silent_is_announced_offline(tmp_path):
+    import asyncio
+
+    settings = make_settings(tmp_path, camera_stale_s=0.3, health_check_s=0.05)
+    with TestClient(create_app(settings)) as client:
+        rt = client.app.state.pingan
+
+        async def subscribe():
+            return rt.broadcaster.subscribe()
+
+        sub = client.portal.call(subscribe)
+        r = client.put("/api/cameras/gate-east/status", json={"state": "running", "fps": 1.0}, headers=WORKER)
+        assert r.status_code == 204
+
+        async def next_health():
+            msg = await asyncio.wait_for(sub.queue.get(), 5)
+            return msg.kind, msg.meta["camera_id"], msg.text
+
+        assert client.portal.call(next_health)[:2] == ("camera", "gate-east")  # the report itself
+        kind, cam, text = client.portal.call(next_health)  # then silence: offline
+        assert (kind, cam) == ("camera", "gate-east") and '"health":"offline"' in text
