@@ -230,3 +230,44 @@ def test_outbox_delivers_through_the_sink(nbus: Bus, tmp_path: Any) -> None:
         sink.close()
     ids = {m.headers[bus.MSG_ID] for m in stream_msgs(nbus)}
     assert ids == {f"{e.id}:0" for e in events}
+
+
+def test_bus_config_and_the_sink_it_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config import parse_config
+    from pipeline.errors import ConfigError
+    from pipeline.sinks import HttpSink
+    from pipeline.sinks_nats import sink_for
+
+    cams = "cameras: [{id: c1, name: c1, source: {path: x.mp4}}]\n"
+    cfg = parse_config(cams)
+    b = cfg.bus
+    assert (b.kind, b.stream, b.subject_prefix, b.replicas) == ("http", "PINGAN", "pingan", 1)
+    http = sink_for(cfg)
+    assert isinstance(http, HttpSink)
+    http.close()
+    monkeypatch.setenv("NATS_PW", "s3cret")
+    cfg = parse_config(
+        "site: {id: haiyi}\nbus: {kind: nats, nats_url: 'nats://w:${NATS_PW}@h1:4222,nats://w:${NATS_PW}@h2:4222',"
+        " replicas: 3}\n" + cams
+    )
+    assert cfg.bus.nats_url == "nats://w:s3cret@h1:4222,nats://w:s3cret@h2:4222"
+    nsink = sink_for(cfg)
+    try:
+        assert isinstance(nsink, NatsSink)
+        assert (nsink.site_id, nsink.replicas, nsink.prefix) == ("haiyi", 3, "pingan")
+        assert "s3cret" not in nsink._masked
+    finally:
+        nsink.close()
+    for bad in ("bus: {kind: kafka}", "bus: {kind: nats, nats_url: 'http://h:4222'}",
+                "bus: {kind: nats, nats_url: 'nats://${UNSET_VAR_X}@h'}", "bus: {stream: 'a.b'}"):
+        with pytest.raises(ConfigError):
+            parse_config(bad + "\n" + cams)
+
+
+def test_subject_tokens_round_trip() -> None:
+    subject = bus.event_subject("pingan", "site.a", "cam.1", "bin_overflow")
+    assert subject == "pingan.site~a.cam~1.event.bin_overflow"
+    assert bus.parse_event_subject(subject) == ("site.a", "cam.1", "bin_overflow")
+    assert bus.parse_event_subject("pingan.s.live") is None
+    assert bus.live_subject("pingan", "site.a") == "pingan.site~a.live"
+    assert bus.msg_id("x", 3) == "x:3"
