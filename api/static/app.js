@@ -60,7 +60,22 @@
     tr.addEventListener("click", function () { select(ev.id); });
     return tr;
   }
+  function filters() {
+    return { type: $("f-type").value, disposition: $("f-disposition").value, camera_id: $("f-camera").value };
+  }
+  function matches(ev) {
+    var f = filters();
+    return (!f.type || ev.type === f.type) && (!f.disposition || ev.disposition === f.disposition) &&
+      (!f.camera_id || ev.camera_id === f.camera_id);
+  }
   function upsert(ev, fresh) {
+    if (!matches(ev)) {  // filtered out (or no longer matching after a disposition)
+      var gone = $("events").querySelector('tr[data-event-id="' + ev.id + '"]');
+      if (gone) gone.parentNode.removeChild(gone);
+      state.events.delete(ev.id);
+      $("empty").hidden = state.events.size > 0;
+      return;
+    }
     var known = state.events.has(ev.id);
     state.events.set(ev.id, ev);
     var body = $("events");
@@ -79,7 +94,11 @@
     $("empty").hidden = state.events.size > 0;
   }
   function loadList(reset) {
-    var q = "/api/events?limit=50" + (!reset && state.cursor ? "&cursor=" + encodeURIComponent(state.cursor) : "");
+    var params = new URLSearchParams({ limit: "50" });
+    var f = filters();
+    Object.keys(f).forEach(function (k) { if (f[k]) params.set(k, f[k]); });
+    if (!reset && state.cursor) params.set("cursor", state.cursor);
+    var q = "/api/events?" + params.toString();
     return api(q).then(function (page) {
       if (reset) { $("events").textContent = ""; state.events.clear(); }
       page.items.forEach(function (ev) { upsert(ev, false); });
@@ -178,8 +197,18 @@
     if (old) grid.replaceChild(tile, old); else grid.appendChild(tile);
   }
   function loadCameras() {
-    if (!state.me || state.me.role === "police") { $("cameras-panel").hidden = true; return Promise.resolve(); }
-    return api("/api/cameras").then(function (list) { $("cameras").textContent = ""; list.forEach(renderCamera); });
+    if (!state.me || state.me.role === "police") {  // police: parking only, no camera health
+      $("cameras-panel").hidden = true; $("f-camera").hidden = true; $("f-type").hidden = true;
+      return Promise.resolve();
+    }
+    return api("/api/cameras").then(function (list) {
+      $("cameras").textContent = "";
+      list.forEach(renderCamera);
+      var sel = $("f-camera");
+      if (sel.options.length === 1) {
+        list.forEach(function (c) { sel.appendChild(el("option", { value: c.id }, c.name)); });
+      }
+    });
   }
 
   /* ---- live ---- */
@@ -218,6 +247,9 @@
 
   document.getElementById("lang").addEventListener("click", function () { I18N.toggle(); });
   document.getElementById("more").addEventListener("click", function () { loadList(false); });
+  ["f-type", "f-disposition", "f-camera"].forEach(function (id) {
+    $(id).addEventListener("change", function () { loadList(true); });
+  });
   document.addEventListener("langchange", rerender);
   $("remark").setAttribute("placeholder", t("remark"));
   I18N.apply(document);

@@ -119,6 +119,15 @@ def test_live_event_and_disposition(browser, live_api: LiveServer) -> None:
     assert watcher.get_attribute("#pack", "href") == f"/api/violations/{ev['id']}/pack"
     assert len(watcher.query_selector_all("#history li")) == 3
 
+    # filters: "new" hides the resolved event, a live update that no longer matches leaves too
+    page.select_option("#f-disposition", "new")
+    page.wait_for_selector(f'tr[data-event-id="{ev["id"]}"]', state="detached", timeout=2000)
+    page.select_option("#f-disposition", "")
+    page.wait_for_selector(f'tr[data-event-id="{ev["id"]}"]', timeout=2000)
+    page.select_option("#f-camera", "lot-north")
+    page.wait_for_selector(f'tr[data-event-id="{ev["id"]}"]', state="detached", timeout=2000)
+    page.select_option("#f-camera", "")
+
     page.click("#lang")
     assert page.text_content("h1") == "Pingan · Video analytics"
     page.reload()
