@@ -37,13 +37,21 @@ class Clip:
             "! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
         )
         sink = pipe.get_by_name("sink")
+        bus = pipe.get_bus()
         pipe.set_state(Gst.State.PLAYING)
         self.units: list[tuple[float, bytes, bool]] = []
         self.caps: str | None = None
+        error: str | None = None
         while True:
-            sample = sink.emit("pull-sample")
+            sample = sink.emit("try-pull-sample", Gst.SECOND // 10)
             if sample is None:
-                break
+                if sink.get_property("eos"):
+                    break
+                msg = bus.pop_filtered(Gst.MessageType.ERROR)
+                if msg is not None:
+                    error = msg.parse_error()[0].message
+                    break
+                continue
             buf = sample.get_buffer()
             if self.caps is None:
                 self.caps = sample.get_caps().to_string()
@@ -54,12 +62,9 @@ class Clip:
                 pts = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else None
                 key = not buf.has_flags(Gst.BufferFlags.DELTA_UNIT)
                 self.units.append((pts if pts is not None else len(self.units) / 25.0, data, key))
-        bus = pipe.get_bus()
-        msg = bus.pop_filtered(Gst.MessageType.ERROR)
         pipe.set_state(Gst.State.NULL)
-        if not self.units:
-            err = msg.parse_error()[0].message if msg else "no H.264 access units"
-            raise SystemExit(f"cannot read {path}: {err}")
+        if error is not None or not self.units:
+            raise SystemExit(f"cannot read {path}: {error or 'no H.264 access units'}")
         self.units.sort(key=lambda u: u[0])
         t0 = self.units[0][0]
         self.units = [(t - t0, d, k) for t, d, k in self.units]
