@@ -83,6 +83,7 @@ class EventRow(Base):
         Index("ix_events_type_started", "type", "started_at", "id"),
         Index("ix_events_camera_started", "camera_id", "started_at", "id"),
         Index("ix_events_grid", "grid"),
+        Index("ix_events_disposition_started", "disposition", "started_at", "id"),
     )
 
 

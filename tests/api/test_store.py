@@ -232,3 +232,29 @@ def test_prune_media_keeps_newest_under_cap(store):
     assert [h["action"] for h in store.history("media", "*")] == ["prune_media"]
     view = store.get_event(ids[0])
     assert view is not None and view.evidence[0]["stored"] is False
+
+
+def test_upgrade_from_0001_keeps_data(tmp_path):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from api.db import MIGRATIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.connect() as conn, conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        s = Store(engine, tmp_path / "media")
+        e = ev()
+        s.put_event(e)
+        migrate(engine)
+        with engine.connect() as c:
+            assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+            names = {r[1] for r in c.exec_driver_sql("PRAGMA index_list('events')")}
+        assert "ix_events_disposition_started" in names
+        assert s.get_event(e.id) is not None
+    finally:
+        engine.dispose()
