@@ -75,7 +75,7 @@ def make_clip(
     scene_fn: SceneFn = parking_scene,
     profile: str = "main",
 ) -> Path:
-    """Encode an H.264 MP4 (libx264, ``profile``, no B-frames, fixed GOP) and return its path."""
+    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, no B-frames, fixed GOP); return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     gop = gop or fps
@@ -89,7 +89,9 @@ def make_clip(
                 "profile": profile,
                 "preset": "ultrafast",
                 "tune": "zerolatency",
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
+                # ultrafast alone gives Constrained Baseline; main turns CABAC back on (as most cameras send)
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"
+                + (":cabac=1" if profile != "baseline" else ""),
             },
         )
         st.width, st.height = size
