@@ -242,7 +242,10 @@ def _settings(conf: dict[str, Any]) -> Any:
             "media_dir": Path(conf["media_dir"]),
             "secret": SecretStr(conf["secret"]),
             "worker_keys": [WorkerKey(name="bench-worker", key=SecretStr(conf["worker_key"]), cameras=None)],
-            "cameras": [CameraInfo(id=c, name=c, grid=f"{GRID}/{int(c[-3:]):04d}") for c in CAMERAS],
+            "cameras": [
+                CameraInfo(id=c, name=c, grid=f"{GRID}/{i:04d}")
+                for i, c in enumerate(conf.get("cameras", CAMERAS))
+            ],
         }
     )
 
@@ -403,13 +406,42 @@ async def _ingest(base: str, key: str, clients: int, seconds: float) -> dict[str
     }
 
 
-def run(opts: Options) -> dict[str, Any]:
+def launch(db_url: str, work: Path, cameras: list[str] | None = None) -> tuple[ApiProcess, str]:
+    """Start the API on ``db_url`` (migrated here if new) with an admin user; (server, admin bearer token).
+    The worker key is ``server.conf["worker_key"]`` (scoped to every camera)."""
     import httpx
 
     from api.auth import hash_password
-    from api.db import make_engine
+    from api.db import make_engine, migrate
     from api.store import Store
 
+    work.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)
+        Store(engine, work / "media").upsert_user(ADMIN, hash_password(password), "admin", None, None)
+    finally:
+        engine.dispose()
+    conf: dict[str, Any] = {
+        "database_url": db_url,
+        "media_dir": str(work / "media"),
+        "secret": secrets.token_urlsafe(48),
+        "worker_key": secrets.token_urlsafe(32),
+        "port": _free_port(),
+        "cameras": cameras or CAMERAS,
+    }
+    api = ApiProcess(conf, work).start()
+    try:
+        r = httpx.post(api.base + "/api/token", json={"username": ADMIN, "password": password}, timeout=30)
+        r.raise_for_status()
+    except BaseException:
+        api.stop()
+        raise
+    return api, str(r.json()["access_token"])
+
+
+def run(opts: Options) -> dict[str, Any]:
     if opts.quick:
         opts.events = min(opts.events, 5_000)
         opts.chunk = min(opts.chunk, 2_500)
@@ -429,24 +461,9 @@ def run(opts: Options) -> dict[str, Any]:
     try:
         note(f"filling {opts.events:,} events into {backend} …")
         filled = fill(db_url, opts.events, opts.chunk)
-        password = secrets.token_urlsafe(18)
-        engine = make_engine(db_url)
-        Store(engine, work / "media").upsert_user(ADMIN, hash_password(password), "admin", None, None)
-        engine.dispose()
-        conf: dict[str, Any] = {
-            "database_url": db_url,
-            "media_dir": str(work / "media"),
-            "secret": secrets.token_urlsafe(48),
-            "worker_key": secrets.token_urlsafe(32),
-            "port": _free_port(),
-        }
-        api = ApiProcess(conf, work).start()
+        api, token = launch(db_url, work)
+        conf = api.conf
         try:
-            r = httpx.post(
-                api.base + "/api/token", json={"username": ADMIN, "password": password}, timeout=30
-            )
-            r.raise_for_status()
-            token = r.json()["access_token"]
             note("GET /api/events latency …")
             gets = get_latency(api.base, token, opts.get_requests)
             note(f"ingest: {opts.clients} clients for {opts.ingest_s:g} s …")

@@ -257,6 +257,10 @@ class TrialSpec:
     zones: list[dict[str, Any]] = field(default_factory=scaled_zones)
     warmup_max_s: float = 20.0
     label: str = ""
+    # events through the outbox and HttpSink to a running API; frame → GET /api/events/{id} latency
+    api_url: str | None = None
+    api_key: str | None = None
+    api_token: str | None = None
 
 
 @dataclass
@@ -373,6 +377,74 @@ class _FullDecodeSource:
         self._thread.join(6.0)
 
 
+class _ApiPath:
+    """A trial's events through the real outbox (SQLite spool) and HttpSink to a running API, and a poller
+    that notes when each opened event becomes readable (GET /api/events/{id}), against its frame's capture
+    time (``updated_at`` of the open message is the frame's ``ts``)."""
+
+    def __init__(self, spec: TrialSpec) -> None:
+        import tempfile
+
+        import httpx
+
+        from pipeline.outbox import Outbox
+        from pipeline.sinks import HttpSink
+
+        assert spec.api_url and spec.api_key and spec.api_token
+        self.spool = Path(tempfile.mkdtemp(prefix="pingan-bench-outbox-"))
+        self.stop = threading.Event()
+        self.outbox = Outbox(self.spool / "outbox.db", HttpSink(spec.api_url, spec.api_key), self.stop)
+        self.opened: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
+        self.client = httpx.Client(
+            base_url=spec.api_url, headers={"Authorization": f"Bearer {spec.api_token}"}, timeout=5
+        )
+        self._poll_stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="api-poll", daemon=True)
+        self._thread.start()
+
+    def put(self, ev: Any, files: dict[str, bytes]) -> None:
+        if ev.seq == 0:
+            self.opened.setdefault(ev.id, ev.updated_at.timestamp())
+        self.outbox.put(ev, files)
+
+    def _poll(self) -> None:
+        while not self._poll_stop.wait(0.05):
+            for eid, ts in list(self.opened.items()):
+                if eid in self.latency:
+                    continue
+                try:
+                    r = self.client.get(f"/api/events/{eid}")
+                except Exception:
+                    continue
+                if r.status_code == 200:
+                    self.latency[eid] = time.time() - ts
+
+    def finish(self, wait_s: float = 8.0) -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and len(self.latency) < len(self.opened):
+            time.sleep(0.1)
+        self._poll_stop.set()
+        self._thread.join(2.0)
+        self.outbox.flush(2.0)
+        self.stop.set()
+        self.outbox.close(2.0)
+        self.client.close()
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    def summary(self) -> dict[str, Any]:
+        lat = list(self.latency.values())
+        return {
+            "opened": len(self.opened),
+            "readable": len(lat),
+            "p50": percentile(lat, 50),
+            "p95": percentile(lat, 95),
+            "max": max(lat, default=None),
+            "what": "open event: frame capture (Frame.ts) → rules → evidence still → outbox (SQLite) → "
+            "HttpSink POST → API (SQLite) → readable by GET /api/events/{id} (polled every 50 ms)",
+        }
+
+
 def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     from pipeline.config import Camera, SiteConfig
     from pipeline.events import ModelRef
@@ -389,6 +461,13 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     scheduler = InferenceScheduler({spec.model: detector}, stop, threads=spec.inference_threads)
     site = SiteConfig(timezone="Asia/Shanghai")
     events: list[str] = []
+    to_api = _ApiPath(spec) if spec.api_url else None
+
+    def emit(ev: Any, files: dict[str, bytes]) -> None:
+        events.append(ev.id)
+        if to_api is not None:
+            to_api.put(ev, files)
+
     tallies: list[_Tally] = []
     full_sources: list[_FullDecodeSource] = []
 
@@ -425,7 +504,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             cam,
             site,
             EvidenceRenderer(),
-            lambda ev, _files: events.append(ev.id),
+            emit,
             model=ModelRef(name=detector.name, sha256=detector.sha256),
         )
         gate_on = bool(getattr(cam, "static_gate", False))
@@ -462,8 +541,9 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "precision": detector.precision,
             "providers": detector.providers,
             "events": lambda: len(events),
+            "event_to_api_s": (lambda: to_api.summary()) if to_api else None,
         },
-        lambda: _join_all(workers, 5.0),
+        lambda: (_join_all(workers, 5.0), to_api.finish() if to_api else None),
     )
 
 
@@ -691,6 +771,7 @@ class Options:
     levers: bool = False
     lever_n: int = 8
     lever_duration_s: float | None = None  # default: duration_s
+    lever_names: str | None = None  # comma-separated subset (the baseline always runs)
     clip_seconds: float = 12.0
     budget_s: float = 600.0  # for both searches
     lever_budget_s: float = 300.0
@@ -797,6 +878,10 @@ class Runner:
             "truncated_by_budget": self.over_budget(),
         }
 
+    def wanted(self, lever: str) -> bool:
+        names = self.opts.lever_names
+        return lever == "baseline" or not names or lever in names.split(",")
+
     def levers(self, n: int) -> list[dict[str, Any]]:
         """Rows at a fixed N, each changing one thing against the pingan default."""
         from pipeline.manifest import model_entry
@@ -805,6 +890,8 @@ class Runner:
         rows: list[dict[str, Any]] = []
 
         def lever(name: str, what: str, **kw: Any) -> None:
+            if not self.wanted(name):
+                return
             if self.over_budget():
                 rows.append({"lever": name, "what": what, "skipped": "time budget spent"})
                 return
@@ -831,6 +918,7 @@ class Runner:
         )
         lever("intra_threads_2", "ORT intra-op threads 2 (per session)", intra_threads=2)
         lever("spinning_on", "ORT intra-op thread spinning allowed (intra 2)", intra_threads=2, spinning=True)
+        self._api_lever(lever, n)
         lever("street_gate_off", "street clip (pedestrians cross a zone), static-scene gate off", gate=False)
         rows.append(
             {
@@ -840,6 +928,26 @@ class Runner:
             }
         )
         return rows
+
+    def _api_lever(self, lever: Any, n: int) -> None:
+        """The baseline again, events going through outbox → HTTP → a real API (SQLite) in a sub-process."""
+        from benchmarks.bench_api import launch
+
+        if self.over_budget() or not self.wanted("event_to_api"):
+            lever("event_to_api", "events via outbox → HTTP → API")  # records the skip
+            return
+        work = self.opts.cache_dir / f"lever-api-{os.getpid()}"
+        try:
+            api, token = launch(f"sqlite:///{work / 'api.db'}", work, [f"cam{i}" for i in range(n)])
+        except BaseException as err:
+            note(f"event_to_api: API did not start: {err}")
+            return
+        try:
+            what = "events via outbox → HttpSink → API (SQLite, uvicorn sub-process); see event_to_api_s"
+            lever("event_to_api", what, api_url=api.base, api_key=api.conf["worker_key"], api_token=token)
+        finally:
+            api.stop()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _proc_stat() -> tuple[int, int]:
@@ -973,6 +1081,7 @@ def _lever_brief(row: dict[str, Any]) -> dict[str, Any]:
         "gated_fraction": row.get("gated_fraction"),
         "precision": row.get("precision"),
         "rss_mib_per_camera": (row.get("rss_mib") or {}).get("per_camera"),
+        **({"event_to_api_s": row["event_to_api_s"]} if row.get("event_to_api_s") else {}),
     }
 
 
@@ -1011,6 +1120,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--levers", action="store_true", help="add lever rows at --lever-n cameras")
     ap.add_argument("--lever-n", type=int, default=d.lever_n)
     ap.add_argument("--lever-duration-s", type=float, default=None, help="window of lever rows")
+    ap.add_argument(
+        "--lever-names", default=None, help="only these levers (comma-separated), e.g. full_decode"
+    )
     ap.add_argument("--clip-seconds", type=float, default=d.clip_seconds)
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="stop searching after this long")
     ap.add_argument(

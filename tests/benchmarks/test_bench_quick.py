@@ -39,7 +39,18 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     out.mkdir()
-    assert bench_cameras.main(["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    levers = "parking_gate_on,event_to_api"
+    args = [
+        "--quick",
+        "--levers",
+        "--lever-names",
+        levers,
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
+    assert bench_cameras.main(args) == 0
     result = _load(out, "cameras")
     _machine_ok(result["machine"])
     assert result["bench"] == "cameras" and result["quick"] is True
@@ -69,6 +80,16 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
     # the real pipeline produced results: frames went through source, detector, tracker and rules
     assert any(row["latency_s"]["samples"] > 0 for row in ran if row["mode"] == "pingan")
     assert any(row["latency_s"]["samples"] > 0 for row in ran if row["mode"] == "naive")
+    # levers: rows for the ones asked for; the gate on a static scene carries results forward
+    rows = {row["lever"]: row for row in result["levers"]}
+    assert {"baseline", "parking_gate_on", "event_to_api"} <= set(rows)
+    gate = rows["parking_gate_on"]
+    assert gate["static_gate"] is True and gate["inference_calls"] + gate["gated"] > 0
+    api = rows["event_to_api"]["event_to_api_s"]
+    assert api["readable"] <= api["opened"]
+    if api["readable"]:
+        assert 0 <= api["p50"] <= api["max"]
+    assert [b["lever"] for b in result["summary"]["levers"]] == [r["lever"] for r in result["levers"]]
 
 
 def test_bench_detector_quick(tmp_path: Path) -> None:
