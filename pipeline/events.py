@@ -118,6 +118,8 @@ class Event(_Wire):
     model: ModelRef | None = None
     grid: Annotated[str, StringConstraints(max_length=520)] | None = None
     violation_code: Annotated[str, StringConstraints(max_length=32)] | None = None
+    # the zone's allowed dwell (zone.dwell) when the event was made: evidence packs are checked against it
+    allowed_dwell_s: Annotated[Finite, Field(ge=0, le=10 * 365 * 86400)] | None = None
     seq: Annotated[int, Field(ge=0, le=2**31)] = 0
     v: Literal[1] = WIRE_VERSION
 

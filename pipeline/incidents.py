@@ -225,6 +225,7 @@ class IncidentBuilder:
             model=self.model,
             grid=zone.grid or self.camera.grid or self.site.grid,
             violation_code=zone.violation_code,
+            allowed_dwell_s=zone.dwell,
             seq=inc.seq,
         )
         files, inc.pending_files = inc.pending_files, {}
