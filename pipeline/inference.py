@@ -3,6 +3,11 @@
 Each camera has at most one frame in flight and one waiting; a newer frame replaces the waiting one
 (drop-oldest, counted). So a slow detector drops frames instead of growing queues or latency, and one
 camera's results always arrive in frame order (its tracker needs that).
+
+A detector call that never returns (a wedged driver, a deadlock in a runtime) is ``stuck()`` after
+``stuck_after_s``; ``restart_stuck()`` abandons that thread (Python cannot kill it: its result, should it
+ever come, is thrown away), frees its camera's slot and starts a fresh thread in its place (the supervisor
+does this).
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ class InferenceScheduler:
             threading.Thread(target=self._loop, name=f"infer-{i}", daemon=True) for i in range(threads)
         ]
         self._started_at: dict[int, float] = {}  # thread ident -> monotonic start of its current job
+        self._jobs: dict[int, _Slot] = {}  # thread ident -> the slot its current job belongs to
+        self._abandoned: set[int] = set()  # idents of stuck threads replaced by restart_stuck()
+        self._started = False
+        self.restarts = 0
         self.stuck_after_s = stuck_after_s
 
     def register(self, camera_id: str, models: Sequence[str], done: Done) -> None:
@@ -79,6 +88,7 @@ class InferenceScheduler:
             self._slots[camera_id] = _Slot(camera_id, tuple(models), done)
 
     def start(self) -> None:
+        self._started = True
         for t in self._threads:
             t.start()
 
@@ -108,6 +118,37 @@ class InferenceScheduler:
         with self._lock:
             return any(now - t0 > self.stuck_after_s for t0 in self._started_at.values())
 
+    def restart_stuck(self) -> int:
+        """Replace every stuck inference thread by a fresh one; returns how many were replaced."""
+        now = time.monotonic()
+        fresh: list[threading.Thread] = []
+        with self._lock:
+            for ident, t0 in list(self._started_at.items()):
+                if now - t0 <= self.stuck_after_s:
+                    continue
+                del self._started_at[ident]
+                slot = self._jobs.pop(ident, None)
+                self._abandoned.add(ident)
+                self._threads = [t for t in self._threads if t.ident != ident]
+                if slot is not None:
+                    slot.busy = False
+                    if slot.waiting is not None and slot.camera_id not in self._ready:
+                        self._ready.append(slot.camera_id)
+                    log.error(
+                        "camera %s: detector call stuck for %.0f s; inference thread restarted",
+                        slot.camera_id,
+                        now - t0,
+                    )
+                self.restarts += 1
+                t = threading.Thread(target=self._loop, name=f"infer-r{self.restarts}", daemon=True)
+                self._threads.append(t)
+                fresh.append(t)
+            self._lock.notify_all()
+        if self._started:
+            for t in fresh:
+                t.start()
+        return len(fresh)
+
     def _take(self) -> tuple[_Slot, Frame] | None:
         with self._lock:
             while not self._ready:
@@ -120,11 +161,19 @@ class InferenceScheduler:
             slot.waiting = None
             slot.busy = True
             self._started_at[threading.get_ident()] = time.monotonic()
+            self._jobs[threading.get_ident()] = slot
             return slot, frame
+
+    def _is_abandoned(self) -> bool:
+        with self._lock:
+            return threading.get_ident() in self._abandoned
 
     def _finish(self, slot: _Slot, elapsed_ms: float) -> None:
         with self._lock:
+            if threading.get_ident() in self._abandoned:
+                return  # replaced while stuck: its slot is someone else's now
             self._started_at.pop(threading.get_ident(), None)
+            self._jobs.pop(threading.get_ident(), None)
             slot.busy = False
             slot.latencies_ms.append(elapsed_ms)
             if slot.waiting is not None:
@@ -140,14 +189,21 @@ class InferenceScheduler:
             t0 = time.perf_counter()
             try:
                 dets = merge([self._detectors[m].detect([frame.image])[0] for m in slot.models])
-                slot.done(frame, dets)
+                if not self._is_abandoned():  # a restarted thread's late result is dropped: out of order
+                    slot.done(frame, dets)
             except Exception:  # supervision boundary: one camera's bad frame never stops the others
                 log.exception("camera %s: inference or rules failed on frame %d", slot.camera_id, frame.index)
             finally:
                 self._finish(slot, (time.perf_counter() - t0) * 1000)
+            with self._lock:
+                if threading.get_ident() in self._abandoned:  # replaced: leave (its ident may be reused)
+                    self._abandoned.discard(threading.get_ident())
+                    return
 
     def join(self, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s
-        for t in self._threads:
+        with self._lock:
+            threads = list(self._threads)  # abandoned (stuck) threads are not waited for
+        for t in threads:
             if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))

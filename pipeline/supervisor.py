@@ -63,6 +63,7 @@ class Supervisor:
     detectors: dict[str, Detector] | None = None
     source_factory: object | None = None
     inference_threads: int = 1
+    stuck_after_s: float = 30.0  # a detector call running longer than this is stuck: its thread is replaced
     plate_reading: bool = True
     workers: list[CameraWorker] = field(default_factory=list)
     _model_errors: dict[str, str] = field(default_factory=dict)
@@ -92,7 +93,9 @@ class Supervisor:
         # The outbox outlives the workers at shutdown (it flushes what they left), so it has its own stop.
         self._outbox_stop = threading.Event()
         self.outbox = Outbox(data_dir / "outbox.db", self.sink, self._outbox_stop)  # type: ignore[arg-type]
-        self.scheduler = InferenceScheduler(self.detectors, self.stop, threads=self.inference_threads)
+        self.scheduler = InferenceScheduler(
+            self.detectors, self.stop, threads=self.inference_threads, stuck_after_s=self.stuck_after_s
+        )
         self.plates = self._plate_service()
         factory = self.source_factory or self._open_source
         for cam in self.cameras:
@@ -185,7 +188,16 @@ class Supervisor:
 
     def _status_loop(self) -> None:
         while not self.stop.wait(STATUS_EVERY_S):
+            self.check_inference()
             self.report_status()
+
+    def check_inference(self) -> int:
+        """Restart inference threads stuck in a detector call (``InferenceScheduler.stuck()``)."""
+        if not self.scheduler.stuck():
+            return 0
+        n = self.scheduler.restart_stuck()
+        log.error("supervisor: %d stuck inference thread(s) replaced (%d in all)", n, self.scheduler.restarts)
+        return n
 
     def report_status(self) -> None:
         now_wall, now_mono = time.time(), time.monotonic()
