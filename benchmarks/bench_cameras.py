@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -543,7 +544,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "events": lambda: len(events),
             "event_to_api_s": (lambda: to_api.summary()) if to_api else None,
         },
-        lambda: (_join_all(workers, 5.0), to_api.finish() if to_api else None),
+        partial(_wind_down, workers, to_api),
     )
 
 
@@ -641,6 +642,12 @@ def _stagger(i: int, spec: TrialSpec) -> None:
     cameras are not; a burst of N keyframes at once would only measure queueing)."""
     if i:
         time.sleep(1.0 / spec.target_fps / spec.n)
+
+
+def _wind_down(workers: list[Any], to_api: _ApiPath | None) -> None:
+    _join_all(workers, 5.0)
+    if to_api is not None:
+        to_api.finish()
 
 
 def _join_all(items: list[Any], timeout_s: float) -> None:
