@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(**{k: v for k, v in vars(args).items() if k != "serve"})
     payload = run(opts)
     payload["command"] = " ".join(["pingan bench api", *(sys.argv[1:] if argv is None else argv)])
-    path = write_json(result_path("api", opts.out), payload)
+    path = write_json(result_path("api", opts.out, quick=opts.quick), payload)
     note(f"wrote {path}")
     print(path)
     return 0

@@ -1150,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(**{k: v for k, v in vars(args).items() if k != "trial"})
     payload = run(opts)
     payload["command"] = " ".join(["pingan bench cameras", *(sys.argv[1:] if argv is None else argv)])
-    path = write_json(result_path("cameras", opts.out), payload)
+    path = write_json(result_path("cameras", opts.out, quick=opts.quick), payload)
     s = payload["summary"]
     note(
         f"pingan {s['pingan_max_cameras']} cameras, naive {s['naive_max_cameras']} → ratio "

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     payload = run(opts)
     payload["command"] = " ".join(["pingan bench detector", *(sys.argv[1:] if argv is None else argv)])
-    path = write_json(result_path("detector", opts.out), payload)
+    path = write_json(result_path("detector", opts.out, quick=opts.quick), payload)
     note(f"wrote {path}")
     print(path)
     return 0

@@ -242,12 +242,15 @@ def machine_info() -> dict[str, Any]:
 # ---- output ------------------------------------------------------------------------------------------------
 
 
-def result_path(kind: str, out: Path | None = None, when: datetime | None = None) -> Path:
-    """``benchmarks/results/<kind>-<hostname>-<YYYY-MM-DD>.json``, or ``out`` (a file, or a folder for it)."""
+def result_path(
+    kind: str, out: Path | None = None, when: datetime | None = None, quick: bool = False
+) -> Path:
+    """``benchmarks/results/<kind>-<hostname>-<YYYY-MM-DD>.json``, or ``out`` (a file, or a folder for it).
+    Quick (smoke) runs default to ``var/bench/results/`` so they never overwrite a committed result."""
     when = when or datetime.now(UTC)
     name = f"{kind}-{socket.gethostname()}-{when:%Y-%m-%d}.json"
     if out is None:
-        return RESULTS_DIR / name
+        return (CACHE_DIR / "results" if quick else RESULTS_DIR) / name
     return out / name if out.is_dir() or out.suffix != ".json" else out
 
 
