@@ -569,9 +569,8 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
 
     def camera(i: int, url: str) -> None:
         try:
-            sess = ort.InferenceSession(
-                path, providers=["CPUExecutionProvider"]
-            )  # defaults: all cores, spinning
+            # default session options, as a first attempt would have them: all cores, spinning threads
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             det = OnnxDetector(spec.model, entry, sess, sha, "fp32")
             cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
         except Exception as err:
