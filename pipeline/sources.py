@@ -266,6 +266,7 @@ class Source:
                 attempt += 1
                 looping = False
                 eof = False
+                index0 = self._index
                 try:
                     got_frames = self._session()
                     eof = True
@@ -281,7 +282,7 @@ class Source:
                     if not self.loop:
                         self._set_state(SourceState.STOPPED, "end of file")
                         break
-                    if got_frames:
+                    if self._index > index0:  # the pass had packets (maybe none due for sampling)
                         failures, looping = 0, True
                         continue  # loop the file at once
                 if got_frames:
@@ -427,7 +428,7 @@ class Source:
                 if not key:
                     continue
                 tsk = wall0 + (t - t0)
-                slack = 0.5 * (key_iv or period)
+                slack = 0.5 * (key_iv or frame_iv)
                 if next_due is not None and tsk < next_due - slack:
                     continue  # a keyframe we do not need: not even decoded
                 next_due = _advance(next_due, tsk, period, slack)

@@ -341,3 +341,18 @@ def test_close_during_long_backoff_is_prompt(
     t = time.monotonic()
     c.close()
     assert time.monotonic() - t < 1.0
+
+
+def test_short_looping_file_sampled_slower_than_it_lasts(clip_factory: Callable[..., Path]) -> None:
+    clip = clip_factory("short_0.5s", seconds=0.5, fps=10, gop=5)
+    src = Source(clip, detect_fps=0.5, loop=True, realtime=False)
+    frames = []
+    for f in src.frames():
+        frames.append(f)
+        if len(frames) == 4:
+            break
+    st = src.status()
+    src.close()
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(frames)]
+    assert all(1.9 < g < 2.2 for g in gaps), gaps
+    assert st.state is SourceState.RUNNING and st.reconnects == 0
