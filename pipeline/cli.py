@@ -111,6 +111,27 @@ def config_schema_cmd() -> None:
     typer.echo(json.dumps(config_schema(), indent=2, ensure_ascii=False))
 
 
+@app.command("verify-pack")
+def verify_pack_cmd(
+    files: Annotated[list[Path], typer.Argument(help="evidence pack(s): violation-<id>.zip")],
+) -> None:
+    """Check evidence packs (hashes, chain hash, ≥3 stills over the dwell, plate close-up); exit 1 if any fails."""
+    from pipeline.evidence_pack import verify_pack
+
+    failed = False
+    for path in files:
+        try:
+            problems = verify_pack(path.read_bytes())
+        except OSError as err:
+            problems = [f"cannot read: {err.strerror or err}"]
+        failed = failed or bool(problems)
+        typer.echo(f"{path}: ok" if not problems else f"{path}: FAILED")
+        for p in problems:
+            typer.echo(f"  - {p}")
+    if failed:
+        raise typer.Exit(1)
+
+
 def _uvicorn_server(cfg: Config):  # type: ignore[no-untyped-def]
     # api.server's Server ends open live (SSE) streams on exit; plain uvicorn would wait on them forever
     from api.server import create_server
