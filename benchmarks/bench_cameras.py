@@ -736,7 +736,10 @@ def _measure(
         "warmup_s": warmup_s,
         "duration_s": spec.duration_s,
         "settings": {
-            k: v for k, v in asdict(spec).items() if k not in ("urls", "zones", "n", "mode", "label")
+            k: v
+            for k, v in asdict(spec).items()
+            if k
+            not in ("urls", "zones", "n", "mode", "label", "api_key", "api_token")  # no secrets in results
         },
     }
     for k, v in extra.items():
