@@ -115,7 +115,7 @@ def config_schema_cmd() -> None:
 def verify_pack_cmd(
     files: Annotated[list[Path], typer.Argument(help="evidence pack(s): violation-<id>.zip")],
 ) -> None:
-    """Check evidence packs (hashes, chain hash, ≥3 stills over the dwell, plate close-up); exit 1 if any fails."""
+    """Check evidence packs (hashes, chain hash, ≥3 stills over the dwell, plate crop); exit 1 on failure."""
     from pipeline.evidence_pack import verify_pack
 
     failed = False
