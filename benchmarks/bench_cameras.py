@@ -823,12 +823,18 @@ class Runner:
         log = self.log_dir / f"trial-{len(self.rows):02d}-{spec.label}-{n}.log"
         srv_c0, t0 = cpu_seconds(self.server.pid), time.monotonic()
         busy0 = _proc_stat()
-        cmd = [sys.executable, "-m", "benchmarks.bench_cameras", "--trial", json.dumps(asdict(spec))]
+        cmd = [sys.executable, "-m", "benchmarks.bench_cameras", "--trial", "-"]  # the spec on stdin
         timeout = spec.warmup_max_s + 0.2 * n + spec.duration_s + spec.max_latency_s + 60
         with log.open("w") as err:
             try:
                 r = subprocess.run(
-                    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout
+                    cmd,
+                    cwd=ROOT,
+                    input=json.dumps(asdict(spec)),
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    timeout=timeout,
                 )
                 out = r.stdout
             except subprocess.TimeoutExpired as exc:
@@ -1148,7 +1154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.trial:
-        return trial_main(args.trial)
+        return trial_main(sys.stdin.read() if args.trial == "-" else args.trial)
     opts = Options(**{k: v for k, v in vars(args).items() if k != "trial"})
     payload = run(opts)
     payload["command"] = " ".join(["pingan bench cameras", *(sys.argv[1:] if argv is None else argv)])
