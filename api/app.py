@@ -23,7 +23,7 @@ from api.broadcast import Broadcaster
 from api.db import make_engine, migrate
 from api.errors import install_handlers
 from api.http import LimitsMiddleware
-from api.routers import audit, cameras, dashboard, events, evidence, live, violations
+from api.routers import audit, cameras, dashboard, events, evidence, live, packs, violations
 from api.runtime import Runtime, RuntimeDep
 from api.settings import Settings
 from api.store import Store
@@ -160,7 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_evidence_bytes=settings.max_evidence_bytes,
     )
     # live before events: /api/events/stream must win over /api/events/{event_id}
-    for module in (live, events, evidence, cameras, violations, audit, dashboard):
+    for module in (live, events, evidence, cameras, violations, packs, audit, dashboard):
         app.include_router(module.router)
     app.add_api_route("/healthz", _healthz, methods=["GET"], response_class=JSONResponse)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

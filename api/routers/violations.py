@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import Response
 
-from api.errors import NotFound, Unprocessable
+from api.errors import Unprocessable
 from api.runtime import Runtime, RuntimeDep
 from api.schemas import ViolationPagePublic, ViolationPublic, chain_hash
 from api.store import EventFilter, EventView, Scope
 
-from .common import EventId, Police, camera_names, evidence_public
+from .common import Police, camera_names, evidence_public
 
 router = APIRouter(prefix="/api", tags=["violations"])
 
@@ -80,33 +76,4 @@ def list_violations(
     return ViolationPagePublic(items=[violation(v, rt) for v in views], next_cursor=nxt)
 
 
-@router.get("/violations/{event_id}/pack", response_class=Response)
-def evidence_pack(event_id: EventId, who: Police, rt: RuntimeDep) -> Response:
-    """A zip for the case file: violation.json (with its chain hash), the stored evidence, SHA256SUMS.
-    Every export is written to the audit log."""
-    scope = Scope(cameras=who.scope.cameras, grids=who.scope.grids, types=frozenset({"illegal_parking"}))
-    view = rt.store.get_event(event_id, scope)
-    if view is None:
-        raise NotFound("no such violation")
-    record = violation(view, rt)
-    buf = io.BytesIO()
-    sums = []
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        doc = json.dumps(record.model_dump(mode="json"), ensure_ascii=False, indent=2).encode()
-        zf.writestr("violation.json", doc)
-        for e in view.evidence:
-            found = rt.store.get_evidence(event_id, scope, e["name"]) if e["stored"] else None
-            if found is None:
-                continue
-            zf.write(found[1], f"evidence/{e['name']}")
-            sums.append(f"{e['sha256']}  evidence/{e['name']}")
-        zf.writestr("SHA256SUMS", "\n".join(sums) + ("\n" if sums else ""))
-    rt.store.audit(who.name, who.role, "export", "event", event_id, remark=record.chain_sha256)
-    return Response(
-        buf.getvalue(),
-        media_type="application/zip",
-        headers={
-            "Content-Disposition": f'attachment; filename="violation-{event_id}.zip"',
-            "Cache-Control": "no-store",
-        },
-    )
+# GET /api/violations/{id}/pack and /api/violations/export: api/routers/packs.py

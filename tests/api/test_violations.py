@@ -98,17 +98,22 @@ def test_evidence_pack_and_audit(api_client, auth_headers):
     r = api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("police"))
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     zf = zipfile.ZipFile(io.BytesIO(r.content))
-    assert sorted(zf.namelist()) == ["SHA256SUMS", "evidence/scene-1.jpg", "violation.json"]
+    assert sorted(zf.namelist()) == ["SHA256SUMS", "evidence/scene-1.jpg", "manifest.json"]
     assert zf.read("evidence/scene-1.jpg") == data
-    record = __import__("json").loads(zf.read("violation.json"))
-    assert record["id"] == ev["id"] and len(record["chain_sha256"]) == 64
-    assert zf.read("SHA256SUMS").decode() == f"{hashlib.sha256(data).hexdigest()}  evidence/scene-1.jpg\n"
-    assert api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("op")).status_code == 403
+    record = __import__("json").loads(zf.read("manifest.json"))
+    assert record["violation_id"] == ev["id"] and len(record["chain_hash"]) == 64
+    present = [(i["name"], i["present"]) for i in record["images"]]
+    assert present == [("scene-1.jpg", True), ("plate-1.jpg", False)]
+    assert f"{hashlib.sha256(data).hexdigest()}  evidence/scene-1.jpg" in zf.read("SHA256SUMS").decode()
+    # operators export within their scope (tests/api/test_packs.py has the rest)
+    assert api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("op")).status_code == 200
+    assert api_client.get(f"/api/violations/{ev['id']}/pack", headers=WORKER).status_code == 403
     audit = api_client.get(
         "/api/audit", params={"target_type": "event"}, headers=auth_headers("admin")
     ).json()
     assert [(a["actor"], a["action"], a["target_id"]) for a in audit["items"]] == [
-        ("police", "export", ev["id"])
+        ("op", "export", ev["id"]),
+        ("police", "export", ev["id"]),
     ]
     assert api_client.get("/api/audit", headers=auth_headers("op")).status_code == 403
     assert api_client.get("/api/audit", headers=auth_headers("police")).status_code == 403
