@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     StringConstraints,
     Tag,
     ValidationError,
@@ -258,6 +259,47 @@ class BusConfig(_Strict):
         return v
 
 
+class WebhookConfig(_Strict):
+    """A push endpoint (traffic police, a cleaning contractor): the API POSTs every stored event message of
+    ``event_types`` (within ``grid_prefix``, if set) to ``url``, signed with HMAC-SHA256 under ``secret``."""
+
+    id: Ident
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+    secret: SecretStr  # write ${ENV}; at least 16 characters
+    event_types: Annotated[
+        list[Literal["illegal_parking", "bin_overflow", "camera_offline"]], Field(min_length=1)
+    ] = ["illegal_parking"]
+    grid_prefix: GridPath | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 30
+    backoff_base_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+
+    @field_validator("url", "secret", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            for m in _ENV_RE.finditer(v):
+                if m.group(1) not in os.environ:
+                    raise ValueError(f"environment variable {m.group(1)} is not set")
+            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _long(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("webhook secrets need at least 16 characters")
+        return v
+
+
 class SiteConfig(_Strict):
     id: Ident = "site"
     name: str = "pingan"
@@ -287,6 +329,16 @@ class Config(_Strict):
     bus: BusConfig = BusConfig()
     detector: DetectorConfig = DetectorConfig()
     cameras: list[Camera]
+    webhooks: list[WebhookConfig] = []
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhooks(cls, hooks: list[WebhookConfig]) -> list[WebhookConfig]:
+        ids = [h.id for h in hooks]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"webhook ids repeat: {', '.join(sorted(dup))}")
+        return hooks
 
     @field_validator("cameras")
     @classmethod
