@@ -55,6 +55,7 @@ _END = object()
 _BACKOFF_BASE_S = 0.5
 _FPS_WINDOW_S = 10.0
 _NO_KEYFRAME_S = 10.0  # stream seconds without a flagged keyframe before we let the decoder decide
+_MAX_BAD_PACKETS = 50  # decode errors in a row before the connection is given up
 
 
 class _Fault(Exception):
@@ -385,6 +386,7 @@ class Source:
         qput = self._deliver
         now = time.monotonic
 
+        bad = 0  # decode errors in a row
         if key_iv is not None and period < 0.9 * key_iv:
             full = True
             cc.skip_frame = "DEFAULT"
@@ -439,8 +441,12 @@ class Source:
                 self._last_data = now()
             try:
                 decoded = cc.decode(pkt)
+                bad = 0
             except av.error.FFmpegError as err:  # a damaged packet: skip it, keep the connection
                 log.debug("camera %s: decode error: %s", self.camera_id, getattr(err, "strerror", err))
+                bad += 1
+                if bad >= _MAX_BAD_PACKETS:  # not one decodable packet in a long row: reconnect
+                    raise
                 continue
             for f in decoded:
                 ts = wall0 + ((f.pts * tb if f.pts is not None else t) - t0)

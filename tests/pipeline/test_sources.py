@@ -356,3 +356,19 @@ def test_short_looping_file_sampled_slower_than_it_lasts(clip_factory: Callable[
     gaps = [b.ts - a.ts for a, b in itertools.pairwise(frames)]
     assert all(1.9 < g < 2.2 for g in gaps), gaps
     assert st.state is SourceState.RUNNING and st.reconnects == 0
+
+
+def test_undecodable_stream_is_given_up(parking_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import av.error
+    import av.video.codeccontext as vcc
+
+    def broken(self: Any, packet: Any = None) -> Any:
+        raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    monkeypatch.setattr(vcc.VideoCodecContext, "decode", broken)
+    src = Source(parking_clip, detect_fps=10.0, loop=False, realtime=False, backoff_max_s=5.0)
+    c = Collector(src)
+    st, _ = wait_state(src, (SourceState.BACKOFF,), 5)
+    assert st.reason is not None and "InvalidDataError" in st.reason
+    c.close()
+    assert c.count() == 0
