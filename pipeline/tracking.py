@@ -7,9 +7,12 @@ Pure: state is updated by ``update(dets, ts)`` (ts = the frame's epoch seconds);
   det/s). Moving tracks are predicted forward with a damped constant-velocity model. Pairs are taken greedily
   by ascending cost (1 − IoU + normalised distance).
 - A track whose bottom-centre anchor has stayed within ``still_frac`` × box size of its running-median anchor
-  for ``stationary_s`` is *stationary*. A lost stationary track is kept for ``stationary_max_age_s`` (default
-  30 min, not ``max_age_s``) and is found again only at its own place (tight gate, no prediction): a parked
-  vehicle keeps its id for hours through missed detections and occlusions.
+  for ``stationary_s`` is *stationary*. A stationary track is matched only at its own place (anchor within
+  ``stationary_gate`` × box size of its median anchor, no prediction, no IoU-only match), so a vehicle passing
+  in front while the parked one is missed cannot take its id; once lost it is kept for
+  ``stationary_max_age_s`` (default 30 min, not ``max_age_s``): a parked vehicle keeps its id for hours
+  through missed detections and occlusions. (A parked car that drives off faster than that gate per frame gets
+  a new id; the rules do not depend on ids.)
 - New ids are monotonic from 1 and never reused.
 """
 
@@ -74,11 +77,11 @@ class Tracker:
         gate: float = 1.0,
         gate_per_s: float = 0.75,
         max_gate: float = 4.0,
-        stationary_gate: float = 0.5,
+        accel_gate_per_s: float = 0.15,
+        stationary_gate: float = 0.3,
         iou_min: float = 0.3,
         max_size_ratio: float = 2.0,
         predict_cap_s: float = 3.0,
-        recent_s: float = 6.0,
     ) -> None:
         self.max_age_s = max_age_s
         self.stationary_max_age_s = max(stationary_max_age_s, max_age_s)
@@ -87,11 +90,11 @@ class Tracker:
         self.gate = gate
         self.gate_per_s = gate_per_s
         self.max_gate = max_gate
+        self.accel_gate_per_s = accel_gate_per_s
         self.stationary_gate = stationary_gate
         self.iou_min = iou_min
         self.max_size_ratio = max_size_ratio
         self.predict_cap_s = predict_cap_s
-        self.recent_s = recent_s
         self.tracks: list[_Track] = []
         self._next_id = 1
         self._last_ts: float | None = None
@@ -130,25 +133,38 @@ class Tracker:
         tsize = np.sqrt(np.maximum(pred[:, 2] - pred[:, 0], 1) * np.maximum(pred[:, 3] - pred[:, 1], 1))
         dbox = dets.xyxy.astype(np.float64)
         dsize = dets.sizes.astype(np.float64)
-        tc = (pred[:, :2] + pred[:, 2:]) / 2
+        # two hypotheses per track: it kept its velocity, or it stopped where it was last seen
         dc = (dbox[:, :2] + dbox[:, 2:]) / 2
-        dist = np.linalg.norm(tc[:, None, :] - dc[None, :, :], axis=2)
-        mult = np.minimum(self.gate + self.gate_per_s * dt, self.max_gate)
-        # a stationary track not seen for a while is looked for only at its own place, by its median anchor
-        lost = np.asarray([t.stationary for t in self.tracks]) & (dt > self.recent_s)
-        if lost.any():
+        dist = np.minimum(
+            np.linalg.norm(((pred[:, :2] + pred[:, 2:]) / 2)[:, None, :] - dc[None, :, :], axis=2),
+            np.linalg.norm(((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None, :] - dc[None, :, :], axis=2),
+        )
+        # gate, in box sizes: a new track's motion is unknown (wide gate growing with time); a track with a
+        # velocity estimate is predicted, and allowed an error that grows with its speed and the time since
+        speed = np.asarray([float(np.hypot(*t.vel)) for t in self.tracks])
+        dtc = np.minimum(dt, 2 * self.predict_cap_s)
+        known = self.gate / 2 + self.accel_gate_per_s * dtc + 0.5 * speed * dtc / tsize
+        mult = np.where(moving, known, self.gate + self.gate_per_s * dt)
+        mult = np.minimum(mult, self.max_gate)
+        # a stationary track is looked for only at its own place, by its median anchor: a vehicle passing in
+        # front while the parked one is missed must not take its id
+        still = np.asarray([t.stationary for t in self.tracks])
+        if still.any():
             ref = np.stack([t.ref_anchor() for t in self.tracks])
             danchor = np.stack([(dbox[:, 0] + dbox[:, 2]) / 2, dbox[:, 3]], axis=1)
             adist = np.linalg.norm(ref[:, None, :] - danchor[None, :, :], axis=2)
-            dist = np.where(lost[:, None], adist, dist)
-        mult = np.where(lost, self.stationary_gate, mult)
+            dist = np.where(still[:, None], adist, dist)
+        mult = np.where(still, self.stationary_gate, mult)
         scale = np.maximum(tsize[:, None], dsize[None, :]) * mult[:, None]
-        iou = box_iou(pred.astype(np.float32), dets.xyxy).astype(np.float64)
+        iou = np.maximum(
+            box_iou(pred.astype(np.float32), dets.xyxy), box_iou(boxes.astype(np.float32), dets.xyxy)
+        )
+        iou = iou.astype(np.float64)
         ratio = dsize[None, :] / tsize[:, None]
         cls = np.asarray([t.cls for t in self.tracks])
         same = cls[:, None] == dets.class_id[None, :]
         size_ok = (ratio <= self.max_size_ratio) & (ratio >= 1 / self.max_size_ratio)
-        iou_ok = (iou >= self.iou_min) & ~lost[:, None]
+        iou_ok = (iou >= self.iou_min) & ~still[:, None]
         valid = same & size_ok & ((dist <= scale) | iou_ok)
         cost = (1.0 - iou) + dist / np.maximum(scale, 1e-6)
         return cost, valid
