@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -98,6 +99,8 @@ class EventMessageRow(Base):
     received_at: Mapped[datetime]
     worker: Mapped[str | None] = mapped_column(String(64))
 
+    __table_args__ = (Index("ix_event_messages_received", "received_at"),)  # webhook sweep (0003)
+
 
 class EvidenceRow(Base):
     __tablename__ = "evidence"
@@ -157,3 +160,30 @@ class AuditRow(Base):
     remark: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_audit_target", "target_type", "target_id", "id"),)
+
+
+class WebhookDeliveryRow(Base):
+    """The durable push queue and its log (api.webhooks): one row per (endpoint, event message)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # the exact bytes signed and sent, every attempt
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime | None]  # pending: due time (or a sender's lease); None when done
+    last_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status of the last attempt
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # the last attempts
+
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", "seq", name="uq_webhook_deliveries_message"),
+        Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status", "id"),
+        Index("ix_webhook_deliveries_event", "event_id"),
+    )

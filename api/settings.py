@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from pipeline.config import BusConfig, Config
+from pipeline.config import BusConfig, Config, WebhookConfig
 
 # Secrets that ship in docs or examples; refusing them catches copy-paste deployments.
 _KNOWN_BAD_SECRETS = {"changeme", "secret", "change-me-please", "pingan", "default"}
@@ -65,6 +65,9 @@ class Settings(BaseModel):
     retention_every_s: Annotated[float, Field(gt=0)] = 600.0
     site_id: str = "site"
     bus: BusConfig = BusConfig()  # kind nats: consume events from JetStream (api.bus_consumer)
+    webhooks: list[WebhookConfig] = []  # signed push of stored event messages (api.webhooks)
+    webhook_poll_s: Annotated[float, Field(gt=0)] = 1.0
+    webhook_lookback_s: Annotated[float, Field(gt=0)] = 3600.0  # at start, messages this old still get pushed
 
     @field_validator("secret")
     @classmethod
@@ -147,6 +150,7 @@ def settings_from_config(cfg: Config, **overrides: object) -> Settings:
         "timezone": cfg.site.timezone,
         "site_id": cfg.site.id,
         "bus": cfg.bus,
+        "webhooks": cfg.webhooks,
     }
     values.update(overrides)
     return Settings.model_validate(values)
