@@ -27,6 +27,8 @@ from api.routers import audit, cameras, dashboard, events, evidence, live, packs
 from api.runtime import Runtime, RuntimeDep
 from api.settings import Settings
 from api.store import Store
+from api.webhooks import WebhookDispatcher
+from api.webhooks import router as webhooks_router
 
 log = logging.getLogger("pingan.api")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -129,6 +131,12 @@ def create_app(settings: Settings) -> FastAPI:
         tasks = [asyncio.create_task(_health_watch(rt))]
         if settings.media_max_bytes:
             tasks.append(asyncio.create_task(_retention(rt)))
+        webhooks = WebhookDispatcher(
+            engine, settings.webhooks, poll_s=settings.webhook_poll_s, lookback_s=settings.webhook_lookback_s
+        )
+        app.state.webhooks = webhooks
+        if settings.webhooks:  # signed push of stored messages (api.webhooks); the queue is in the database
+            tasks.append(asyncio.create_task(webhooks.run()))
         try:
             yield
         finally:
@@ -139,6 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
                     await task
             if consumer is not None:
                 await consumer.stop()
+            webhooks.close()
             rt.broadcaster.close()
             await asyncio.sleep(0)  # let open streams see the close and finish
             engine.dispose()
@@ -162,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
     # live before events: /api/events/stream must win over /api/events/{event_id}
     for module in (live, events, evidence, cameras, violations, packs, audit, dashboard):
         app.include_router(module.router)
+    app.include_router(webhooks_router)
     app.add_api_route("/healthz", _healthz, methods=["GET"], response_class=JSONResponse)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     check_route_rules(app)
