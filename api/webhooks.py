@@ -263,7 +263,7 @@ class WebhookDispatcher:
                 ).first()
             if row is None or (row.next_attempt_at is not None and row.next_attempt_at > now):
                 return sent
-            lease = now + timedelta(seconds=ep.timeout_s + 30)
+            lease = now + timedelta(seconds=3 * ep.timeout_s + 5)  # connect, write and read may each take it
             with self._write() as c:
                 claimed = c.execute(
                     update(d)
