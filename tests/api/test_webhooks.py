@@ -250,3 +250,46 @@ def test_given_up_delivery_can_be_retried(tmp_path, api_users, receiver):
         wait_for(lambda: deliveries(client, admin)[0]["status"] == "delivered", what="delivery after retry")
         assert client.post(f"/api/webhooks/deliveries/{failed['id']}/retry", headers=admin).status_code == 409
     assert len(receiver.got("/police")) == 1
+
+
+def test_dispatcher_on_each_database(any_db_settings):
+    """The queue's SQL (insert-or-ignore, leases) on SQLite and PostgreSQL, with an in-process transport."""
+    import httpx
+
+    from api.db import make_engine, migrate
+    from api.store import Store
+    from api.webhooks import WebhookDispatcher
+    from pipeline.events import Event
+    from tests.fixtures.api import CAMERAS
+
+    sent: list[httpx.Request] = []
+    answers = iter([500, 200, 200])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(next(answers))
+
+    engine = make_engine(any_db_settings.database_url)
+    try:
+        migrate(engine)
+        store = Store(engine, any_db_settings.media_dir)
+        store.sync_cameras(CAMERAS)
+        hooks = hook_settings(any_db_settings.media_dir.parent, 9).webhooks
+        ev = Event.model_validate(make_event())
+        store.put_event(ev)
+        disp = WebhookDispatcher(engine, hooks, transport=httpx.MockTransport(handle))
+        try:
+            assert disp.sweep() == 1
+            assert disp.sweep() == 0  # already queued
+            other = WebhookDispatcher(engine, hooks)  # a second replica (or a restart) sweeps the same
+            assert other.sweep() == 1  # offered again, ignored by the unique key
+            assert disp.tick() == 0  # 500: backs off
+            time.sleep(0.3)
+            store.put_event(Event.model_validate({**ev.to_wire(), "seq": 1, "state": "update"}))
+            assert disp.tick() == 2  # the first again, then the update, in order
+            keys = [r.headers["Idempotency-Key"] for r in sent]
+            assert keys == [f"{ev.id}:0", f"{ev.id}:0", f"{ev.id}:1"]
+        finally:
+            disp.close()
+    finally:
+        engine.dispose()
