@@ -40,13 +40,14 @@ class _Track:
     vel: np.ndarray = field(default_factory=lambda: np.zeros(2))  # centre px/s
     anchors: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     stationary: bool = False
+    ref: np.ndarray = field(default_factory=lambda: np.zeros(2))  # running median of ``anchors``
 
     @property
     def size(self) -> float:
         return float(np.sqrt(max(self.box[2] - self.box[0], 1.0) * max(self.box[3] - self.box[1], 1.0)))
 
     def ref_anchor(self) -> np.ndarray:
-        return np.median(np.asarray(self.anchors, np.float64), axis=0)
+        return self.ref
 
 
 def _greedy(cost: np.ndarray, valid: np.ndarray) -> list[tuple[int, int]]:
@@ -113,6 +114,7 @@ class Tracker:
             box = dets.xyxy[c].astype(np.float64)
             t = _Track(self._next_id, int(dets.class_id[c]), box, ts, ts, ts)
             t.anchors.append(((box[0] + box[2]) / 2, box[3]))
+            t.ref = np.asarray(t.anchors[0], np.float64)
             self._next_id += 1
             self.tracks.append(t)
             ids[c] = t.id
@@ -182,6 +184,9 @@ class Tracker:
             t.anchors.clear()
             t.still_since = ts
         t.anchors.append(anchor)
+        t.ref = (
+            np.median(np.asarray(t.anchors, np.float64), axis=0) if len(t.anchors) > 1 else np.asarray(anchor)
+        )
         t.stationary = ts - t.still_since >= self.stationary_s
         if t.stationary:
             t.vel = np.zeros(2)

@@ -18,6 +18,10 @@ Semantics (for the README):
 - After ``OPEN``: one ``UPDATE`` with a snapshot ``max(30 s, dwell/2)`` later (so a stay has ≥ 3 stills, the
   first and the last more than ``dwell`` apart), then an ``UPDATE`` with a snapshot every ``update_every_s``.
   OPEN and UPDATE are only emitted on frames where the vehicle itself was detected, so every still shows it.
+- Moving vehicles count for nothing: a detection whose tracker id moved more than the gate within the last
+  few seconds neither starts nor continues a stay (ids are only evidence of motion: an id switch or an
+  untracked detection counts as not moving). A pending place also has to be matched in at least half of the
+  frames since it was first seen, so a lane of traffic passing one point now and then is not a stay.
 - ``exempt(key)`` (e.g. a plate on ``zone.exempt_plates`` was read on the candidate still): the stay never
   opens.
 """

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.detections import LABELS, Detections, box_iou
 
 _HISTORY = 31  # observations kept for the running medians
+_MAX_PENDING = 256  # pending places kept (oldest dropped first): bounds the work in crowded scenes
 
 
 @dataclass
@@ -38,25 +39,14 @@ class Place:
     extra_still_ts: float | None = None
     last_update_ts: float | None = None
     exempt: bool = False
+    # running medians of the reference observations (the place's position, robust to jitter)
+    ref_anchor: tuple[float, float] = (0.0, 0.0)
+    ref_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    ref_size: float = 1.0
 
     @property
     def is_stay(self) -> bool:
         return bool(self.key)
-
-    @property
-    def ref_anchor(self) -> tuple[float, float]:
-        a = np.asarray(self.anchors, np.float64)
-        return float(np.median(a[:, 0])), float(np.median(a[:, 1]))
-
-    @property
-    def ref_box(self) -> tuple[float, float, float, float]:
-        b = np.median(np.asarray(self.boxes, np.float64), axis=0)
-        return float(b[0]), float(b[1]), float(b[2]), float(b[3])
-
-    @property
-    def ref_size(self) -> float:
-        x0, y0, x1, y1 = self.ref_box
-        return float(np.sqrt(max(x1 - x0, 1.0) * max(y1 - y0, 1.0)))
 
     def observe(self, ts: float, dets: Detections, i: int, *, reference: bool = True) -> None:
         box = tuple(float(v) for v in dets.xyxy[i])
@@ -70,6 +60,14 @@ class Place:
             ax, ay = dets.anchors[i]
             self.anchors.append((float(ax), float(ay)))
             self.boxes.append(self.box)
+            if len(self.anchors) == 1:
+                a, b = self.anchors[0], self.box
+            else:
+                ma = np.median(np.asarray(self.anchors, np.float64), axis=0)
+                mb = np.median(np.asarray(self.boxes, np.float64), axis=0)
+                a, b = (float(ma[0]), float(ma[1])), (float(mb[0]), float(mb[1]), float(mb[2]), float(mb[3]))
+            self.ref_anchor, self.ref_box = a, b
+            self.ref_size = float(np.sqrt(max(b[2] - b[0], 1.0) * max(b[3] - b[1], 1.0)))
 
 
 def greedy_match(cost: np.ndarray, valid: np.ndarray) -> list[tuple[int, int]]:
@@ -185,7 +183,7 @@ class PlaceBook:
         if len(self.stays):
             free &= ~valid.any(axis=0)
         cols = np.nonzero(free & may_start)[0]
-        self.pending = [p for p in self.pending if ts - p.last_seen <= self.pending_ttl_s]
+        self.pending = [p for p in self.pending if ts - p.last_seen <= self.pending_ttl_s][-_MAX_PENDING:]
         cost, valid = self._match(self.pending, dets, cols)
         began: list[Place] = []
         matched_cols: set[int] = set()
