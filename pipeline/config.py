@@ -359,23 +359,39 @@ class Config(_Strict):
 # ---- loading with line numbers -------------------------------------------------------------------
 
 
+def _construct(node: yaml.Node) -> Any:
+    """The Python value of one node, as ``yaml.safe_load`` would make it (an empty scalar is None).
+    Re-serialising the node instead fails on empty scalars (it emits a bare '...')."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _to_python(node: yaml.Node, lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for k, v in node.value:
-            key = yaml.safe_load(yaml.serialize(k)) if not isinstance(k, yaml.ScalarNode) else k.value
+            if not isinstance(k, yaml.ScalarNode):  # '? [a, b]': a list or mapping as a key
+                raise ConfigError([f"{_fmt(path)}: keys must be plain names (line {k.start_mark.line + 1})"])
+            key = k.value
             if key in out:
-                raise ConfigError(
-                    [f"{_fmt((*path, key))}: key appears twice (line {k.start_mark.line + 1})"]
-                )
+                raise ConfigError([f"{_fmt((*path, key))}: key appears twice (line {k.start_mark.line + 1})"])
             lines[(*path, key)] = k.start_mark.line + 1
             out[key] = _to_python(v, lines, (*path, key))
             lines[(*path, key)] = min(lines[(*path, key)], k.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, lines, (*path, i)) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+    try:
+        return _construct(node)
+    except (yaml.YAMLError, ValueError, TypeError) as err:  # e.g. !!binary that is not base64, month 13
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(
+            [f"{_fmt(path)}: cannot read the value: {problem} (line {node.start_mark.line + 1})"]
+        ) from err
 
 
 def _fmt(path: tuple[Any, ...]) -> str:
@@ -403,7 +419,11 @@ def parse_config(text: str, source: str = "cameras.yaml") -> Config:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML: {getattr(err, 'problem', err)}{where}"]) from err
+        problem = getattr(err, "problem", err)
+        if isinstance(err, yaml.reader.ReaderError):  # a control character: it has a position, not a mark
+            where = f" (line {text.count(chr(10), 0, max(0, err.position)) + 1})"
+            problem = f"character {err.character!r} is not allowed"
+        raise ConfigError([f"{source}: not valid YAML: {problem}{where}"]) from err
     if node is None:
         raise ConfigError([f"{source}: file is empty"])
     lines: dict[tuple[Any, ...], int] = {}
