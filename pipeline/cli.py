@@ -52,6 +52,7 @@ def _logging(cfg: Config | None, verbose: bool = False) -> object:
                 secrets_ += cam.source.secrets()
         if cfg.api.worker_key:
             secrets_.append(cfg.api.worker_key)
+        secrets_ += [h.secret.get_secret_value() for h in cfg.webhooks]
     redactor = Redactor(secrets_)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
