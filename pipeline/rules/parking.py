@@ -20,7 +20,7 @@ Semantics (for the README):
   OPEN and UPDATE are only emitted on frames where the vehicle itself was detected, so every still shows it.
 - Moving vehicles count for nothing: a detection whose tracker id moved more than the gate within the last
   few seconds neither starts nor continues a stay (ids are only evidence of motion: an id switch or an
-  untracked detection counts as not moving). A pending place also has to be matched in at least half of the
+  untracked detection counts as not moving). A pending place also has to be matched in at least a third of the
   frames since it was first seen, so a lane of traffic passing one point now and then is not a stay.
 - ``exempt(key)`` (e.g. a plate on ``zone.exempt_plates`` was read on the candidate still): the stay never
   opens.

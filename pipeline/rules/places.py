@@ -191,9 +191,10 @@ class PlaceBook:
             place = self.pending[r]
             place.observe(ts, dets, int(cols[c]))
             matched_cols.add(c)
-            # seen at this place in at least half the frames since it was first seen (a lane of traffic
-            # passing the same point now and then is not a stationary vehicle)
-            dense = place.n_obs >= max(2.0, 0.5 * (self._frame - place.first_frame + 1))
+            # seen at this place in at least a third of the frames since it was first seen (a lane of traffic
+            # passing the same point now and then is not a stationary vehicle; a parked one missed in half
+            # of the frames at night still is)
+            dense = place.n_obs >= max(2.0, (self._frame - place.first_frame + 1) / 3)
             if ts - place.first_ts >= self.still_s and dense:
                 place.key = f"{self.prefix}#{self._next}"
                 self._next += 1

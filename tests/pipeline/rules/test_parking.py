@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -329,3 +330,10 @@ def test_schedule_windows() -> None:
 def test_schedule_in_utc_site() -> None:
     s = Schedule([ScheduleWindow(start="07:00", end="09:00")], "UTC")
     assert s.active(T0 + 7.5 * 3600) and not s.active(T0 + 9 * 3600)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_night_half_the_detections_missed_still_one_violation(seed: int) -> None:
+    frames = stream([Obj(parked(T0 + 10, T0 + 400))], T0, T0 + 500, rate=1, jitter=3, drop=0.5, seed=seed)
+    signals = run(ParkingRule(zone(dwell_s=120, inertia_s=60), TZ), frames)
+    assert [s.kind for s in signals if s.kind is not K.UPDATE] == [K.CANDIDATE, K.OPEN, K.CLOSE]
