@@ -337,3 +337,14 @@ def test_night_half_the_detections_missed_still_one_violation(seed: int) -> None
     frames = stream([Obj(parked(T0 + 10, T0 + 400))], T0, T0 + 500, rate=1, jitter=3, drop=0.5, seed=seed)
     signals = run(ParkingRule(zone(dwell_s=120, inertia_s=60), TZ), frames)
     assert [s.kind for s in signals if s.kind is not K.UPDATE] == [K.CANDIDATE, K.OPEN, K.CLOSE]
+
+
+def test_schedule_across_daylight_saving_changes() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    s = Schedule([ScheduleWindow(start="01:00", end="04:00")], "Europe/Berlin")
+    spring = datetime(2026, 3, 29, 3, 30, tzinfo=tz).timestamp()  # 02:00 → 03:00: the window is 2 h long
+    assert s.active_since(spring) == datetime(2026, 3, 29, 1, 0, tzinfo=tz).timestamp()
+    assert spring - s.active_since(spring) == 1.5 * 3600
+    autumn = datetime(2026, 10, 25, 3, 30, tzinfo=tz).timestamp()  # 03:00 → 02:00: 4 h long
+    assert autumn - s.active_since(autumn) == 3.5 * 3600
+    assert not s.active(datetime(2026, 10, 25, 4, 0, tzinfo=tz).timestamp())
