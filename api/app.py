@@ -47,27 +47,32 @@ def _healthz(_: Annotated[None, Depends(public)], rt: RuntimeDep) -> JSONRespons
     )
 
 
-async def _retention(rt: Runtime) -> None:
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
+async def _retention(rt: Runtime, stopping: asyncio.Event) -> None:
     """Keep evidence on disk under ``media_max_bytes`` (oldest events' files go first)."""
     cap = rt.settings.media_max_bytes
     assert cap is not None
-    while True:
+    while not stopping.is_set():
         try:
             files, freed = await run_in_threadpool(rt.store.prune_media, cap)
             if files:
                 log.info("retention: removed %d evidence files (%d bytes)", files, freed)
         except Exception as err:  # keep the loop alive; the next round retries
             log.warning("retention failed: %s", type(err).__name__)
-        await asyncio.sleep(rt.settings.retention_every_s)
+        await _pause(stopping, rt.settings.retention_every_s)
 
 
-async def _health_watch(rt: Runtime) -> None:
+async def _health_watch(rt: Runtime, stopping: asyncio.Event) -> None:
     """Cameras that stop reporting send nothing: notice when their health changes with time alone (e.g. a
     worker box died → offline) and tell live subscribers, as a status report would."""
     from api.routers.common import camera_public
 
     last: dict[str, str] | None = None
-    while True:
+    while not stopping.is_set():
         try:
             rows = await run_in_threadpool(rt.store.cameras)
             now = {r["id"]: camera_public(r, rt) for r in rows}
@@ -80,7 +85,7 @@ async def _health_watch(rt: Runtime) -> None:
             last = {cam_id: pub.health for cam_id, pub in now.items()}
         except Exception as err:  # keep watching; the next round retries
             log.warning("camera health watch failed: %s", type(err).__name__)
-        await asyncio.sleep(rt.settings.health_check_s)
+        await _pause(stopping, rt.settings.health_check_s)
 
 
 def app_routes(app: FastAPI) -> list[BaseRoute]:
@@ -128,9 +133,13 @@ def create_app(settings: Settings) -> FastAPI:
             consumer = BusConsumer(rt)
             app.state.bus_consumer = consumer
             await consumer.start()
-        tasks = [asyncio.create_task(_health_watch(rt))]
+        # these finish their round and stop when told (never cancelled mid-query: a thread still holding a
+        # connection while the engine is disposed would leak it)
+        stopping = asyncio.Event()
+        loops = [asyncio.create_task(_health_watch(rt, stopping))]
         if settings.media_max_bytes:
-            tasks.append(asyncio.create_task(_retention(rt)))
+            loops.append(asyncio.create_task(_retention(rt, stopping)))
+        tasks: list[asyncio.Task[None]] = []
         webhooks = WebhookDispatcher(
             engine, settings.webhooks, poll_s=settings.webhook_poll_s, lookback_s=settings.webhook_lookback_s
         )
@@ -140,6 +149,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            stopping.set()
+            await asyncio.gather(*loops, return_exceptions=True)
             for task in tasks:
                 task.cancel()
             for task in tasks:

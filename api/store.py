@@ -227,6 +227,11 @@ class Store:
                 status = "created"
             elif ev.seq > row.seq:
                 # started_at stays as first stored: it is the pagination key and must not move.
+                if row.started_at != ev.started_at:
+                    fields["payload"] = {
+                        **payload,
+                        "started_at": row.started_at.isoformat().replace("+00:00", "Z"),
+                    }
                 c.execute(update(events_t).where(events_t.c.id == ev.id).values(**fields))
                 status = "updated"
             else:

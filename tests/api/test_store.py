@@ -258,3 +258,13 @@ def test_upgrade_from_0001_keeps_data(tmp_path):
         assert s.get_event(e.id) is not None
     finally:
         engine.dispose()
+
+
+def test_started_at_is_kept_from_the_first_message(store):
+    e0 = ev()
+    store.put_event(e0)
+    moved = e0.model_copy(update={"seq": 1, "started_at": e0.started_at + timedelta(seconds=5)})
+    assert store.put_event(moved)[0] == "updated"
+    view = store.get_event(e0.id)
+    assert view is not None
+    assert datetime.fromisoformat(view.payload["started_at"]) == e0.started_at
