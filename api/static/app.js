@@ -154,7 +154,7 @@
       hist.appendChild(li);
     });
     var pack = $("pack");
-    var canExport = state.me && (state.me.role === "police" || state.me.role === "admin");
+    var canExport = !!state.me;  // police, admins and (within their scope) operators export packs
     pack.hidden = !(canExport && ev.type === "illegal_parking");
     pack.setAttribute("href", "/api/violations/" + encodeURIComponent(ev.id) + "/pack");
     var canAct = state.me && (state.me.role === "operator" || state.me.role === "admin");
