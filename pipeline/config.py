@@ -66,7 +66,7 @@ Point = tuple[Annotated[float, Field(ge=0, le=100_000)], Annotated[float, Field(
 class ScheduleWindow(_Strict):
     """Weekday time window in the site's time zone; ``end`` before ``start`` runs past midnight."""
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(_DAYS)  # type: ignore[assignment]
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(_DAYS)  # type: ignore[assignment,arg-type]
     start: dtime = dtime(0, 0)
     end: dtime = dtime(23, 59, 59)
 

@@ -6,7 +6,7 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-WIRE_VERSION = 1
+WIRE_VERSION: Literal[1] = 1
 # Worker clocks drift; an event stamped further ahead than this is refused as bad input.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -142,7 +142,7 @@ class Event(_Wire):
             raise ValueError("started_at lies in the future")
         return self
 
-    def to_wire(self) -> dict[str, object]:
+    def to_wire(self) -> dict[str, Any]:  # (Any: the field `object` shadows the builtin here)
         return self.model_dump(mode="json")
 
 
