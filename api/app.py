@@ -183,7 +183,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (live, events, evidence, cameras, violations, packs, audit, dashboard):
         app.include_router(module.router)
     app.include_router(webhooks_router)
-    app.add_api_route("/healthz", _healthz, methods=["GET"], response_class=JSONResponse)
+    app.add_api_route("/healthz", _healthz, methods=["GET", "HEAD"], response_class=JSONResponse)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     check_route_rules(app)
     return app

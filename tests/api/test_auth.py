@@ -83,6 +83,7 @@ def _walk(dependant):
 
 def test_public_routes(api_client):
     assert api_client.get("/healthz").json() == {"status": "ok", "database": True}
+    assert api_client.head("/healthz").status_code == 200
     assert api_client.get("/login").status_code == 200
     assert api_client.get("/static/app.js").status_code == 200
     r = api_client.get("/", follow_redirects=False)
