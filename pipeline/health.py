@@ -25,10 +25,17 @@ class CameraHealth:
         self.grid = camera.grid or site.grid
         self.offline_after_s = offline_after_s if offline_after_s is not None else camera.stall_timeout_s
         self._outage: _Outage | None = None
+        # when the camera went down: a source that never connects cycles connecting ⇄ backoff, and each
+        # change resets status.since, so the outage is timed from the first down state, not the latest
+        self._down_since: float | None = None
 
     def update(self, status: SourceStatus, now_wall: float, now_mono: float) -> Event | None:
         down = status.state in (SourceState.STALLED, SourceState.BACKOFF, SourceState.CONNECTING)
-        down_for = now_mono - status.since
+        if not down:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = status.since
+        down_for = now_mono - self._down_since if self._down_since is not None else 0.0
         if down and self._outage is None and down_for >= self.offline_after_s:
             started = now_wall - down_for
             self._outage = _Outage(str(uuid7(int(started * 1000))), started)

@@ -65,9 +65,12 @@ class Redactor:
         """The text with URL userinfo masked and every known secret replaced by ``***``."""
         if not text:
             return text
-        text = mask_url(text)
+        # known secrets first: masking URL userinfo first would cut a raw password that contains '@' or '/'
+        # in two, and its tail would no longer match
         pattern = self._re
-        return pattern.sub(MASK, text) if pattern is not None else text
+        if pattern is not None:
+            text = pattern.sub(MASK, text)
+        return mask_url(text)
 
     def filter(self) -> RedactingFilter:
         return RedactingFilter(self)

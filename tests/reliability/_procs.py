@@ -1,6 +1,9 @@
 """Child processes for the no-event-lost tests: ``python -m tests.reliability._procs api|worker ...``.
 
 - ``api DIR PORT``: the API (uvicorn, SQLite in DIR) with the test settings of tests/fixtures/api.py.
+- ``run-faulty ARGS...``: ``pingan ARGS...`` with faults injected (for the secrets test): every 5th decode
+  raises FFmpeg's InvalidDataError naming the camera URL (env ``PINGAN_T_URL``, password included), and
+  every 4th parking-rule update raises an exception whose message carries that URL.
 - ``worker DIR CAMERA COUNT RATE API_URL MAX_ITEMS``: COUNT event messages for CAMERA (open → update →
   closed, an evidence still with open) at RATE a second, through the real ``Outbox`` (spool DIR/CAMERA.db,
   MAX_ITEMS, alarm at 80 %) and ``HttpSink``; appends ``try <id> <seq>`` before and ``ok <id> <seq> <stored>``
@@ -106,9 +109,41 @@ def run_worker(folder: Path, camera: str, count: int, rate: float, url: str, max
     return 0 if ok and depth == 0 else 3
 
 
+def run_faulty(args: list[str]) -> None:
+    import av.error
+    import av.video.codeccontext as vcc
+
+    from pipeline import cli
+    from pipeline.rules.parking import ParkingRule
+
+    url = os.environ["PINGAN_T_URL"]
+    calls = {"decode": 0, "rule": 0}
+    real_decode = vcc.VideoCodecContext.decode
+    real_update = ParkingRule.update
+
+    def decode(self: object, packet: object = None) -> object:
+        calls["decode"] += 1
+        if calls["decode"] % 5 == 0:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input", url)
+        return real_decode(self, packet)  # type: ignore[arg-type]
+
+    def update(self: ParkingRule, dets: object, ts: float) -> object:
+        calls["rule"] += 1
+        if calls["rule"] % 4 == 0:
+            raise RuntimeError(f"rule failed on a frame of {url}")
+        return real_update(self, dets, ts)  # type: ignore[arg-type]
+
+    vcc.VideoCodecContext.decode = decode  # type: ignore[method-assign]
+    ParkingRule.update = update  # type: ignore[method-assign,assignment]
+    sys.argv = ["pingan", *args]
+    cli.main()
+
+
 if __name__ == "__main__":
     what = sys.argv[1]
-    if what == "api":
+    if what == "run-faulty":
+        run_faulty(sys.argv[2:])
+    elif what == "api":
         run_api(Path(sys.argv[2]), int(sys.argv[3]))
     else:
         a = sys.argv

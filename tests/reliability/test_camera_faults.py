@@ -265,3 +265,29 @@ def test_source_close_releases_threads_and_fds_on_a_file(parking_clip: Path) -> 
             it.close()
     extra, fds = settle(threads0, fds0)
     assert not extra and fds <= 0, (extra, fds)
+
+
+def test_camera_that_never_connects_still_opens_camera_offline() -> None:
+    """A wrong password or a dead address cycles connecting ⇄ backoff forever; each change resets
+    ``status.since``. The health monitor must time the outage from the first down state (it used the
+    latest, so such a camera never raised camera_offline)."""
+    from pipeline.config import SiteConfig
+    from pipeline.health import CameraHealth
+    from pipeline.protocols import SourceStatus
+
+    cam = camera("rtsp://127.0.0.1:1/x", stall_timeout_s=3.0)
+    health = CameraHealth(cam, SiteConfig.model_validate({"id": "s", "timezone": "Asia/Shanghai"}))
+    events = []
+    wall0 = time.time() - 60
+    for i in range(12):  # a state change every 0.5 s for 6 s
+        state = SourceState.CONNECTING if i % 2 == 0 else SourceState.BACKOFF
+        st = SourceStatus(state=state, since=1000.0 + 0.5 * i)
+        ev = health.update(st, wall0 + 0.5 * i, 1000.0 + 0.5 * i + 0.25)
+        if ev is not None:
+            events.append((0.5 * i + 0.25, ev))
+    assert len(events) == 1, events
+    t, ev = events[0]
+    assert ev.type.value == "camera_offline" and ev.state.value == "open" and 3.0 <= t <= 3.5
+    up = SourceStatus(state=SourceState.RUNNING, since=1007.0)
+    closed = health.update(up, wall0 + 7.0, 1007.0)
+    assert closed is not None and closed.state.value == "closed"
