@@ -48,6 +48,19 @@ class Place:
     def is_stay(self) -> bool:
         return bool(self.key)
 
+    def rebase(self, other: Place) -> None:
+        """Continue this stay at ``other``'s position (its reference observations replace ours)."""
+        self.anchors, self.boxes = other.anchors, other.boxes
+        self.ref_anchor, self.ref_box, self.ref_size = other.ref_anchor, other.ref_box, other.ref_size
+        self.last_seen = other.last_seen
+        self.n_obs += other.n_obs
+        self.box, self.confidence, self.track_id, self.label = (
+            other.box,
+            other.confidence,
+            other.track_id,
+            other.label,
+        )
+
     def observe(self, ts: float, dets: Detections, i: int, *, reference: bool = True) -> None:
         box = tuple(float(v) for v in dets.xyxy[i])
         self.last_seen = ts
@@ -131,8 +144,10 @@ class PlaceBook:
         gate_frac: float = 0.3,
         iou_gate: float = 0.5,
         pending_ttl_s: float = 20.0,
+        handover_frac: float = 0.75,
     ) -> None:
         self.prefix = prefix
+        self.handover_frac = handover_frac
         self.still_s = still_s
         self.inertia_s = inertia_s
         self.gate_frac = gate_frac
@@ -196,6 +211,12 @@ class PlaceBook:
             # of the frames at night still is)
             dense = place.n_obs >= max(2.0, (self._frame - place.first_frame + 1) / 3)
             if ts - place.first_ts >= self.still_s and dense:
+                old = self._lapsed_near(place)
+                if old is not None:  # the same vehicle, found again a little off its place: keep the stay
+                    old.rebase(place)
+                    seen.append(old)
+                    place.key = old.key
+                    continue
                 place.key = f"{self.prefix}#{self._next}"
                 self._next += 1
                 began.append(place)
@@ -204,10 +225,21 @@ class PlaceBook:
                 p = Place(first_ts=ts, last_seen=ts, first_frame=self._frame)
                 p.observe(ts, dets, int(cols[c]))
                 self.pending.append(p)
-        if began:
-            self.pending = [p for p in self.pending if not p.is_stay]
-            self.stays.extend(began)
+        self.pending = [p for p in self.pending if not p.is_stay]
+        self.stays.extend(began)
         return seen, began
+
+    def _lapsed_near(self, place: Place) -> Place | None:
+        """A stay not matched at all since ``place`` was first seen, within ``handover_frac`` × size of it:
+        the camera shifted, the vehicle moved up a little, or its box changed shape (door open, trailer)."""
+        best, best_d = None, np.inf
+        for s in self.stays:
+            if s.last_seen >= place.first_ts:
+                continue
+            d = float(np.hypot(s.ref_anchor[0] - place.ref_anchor[0], s.ref_anchor[1] - place.ref_anchor[1]))
+            if d <= self.handover_frac * max(s.ref_size, place.ref_size) and d < best_d:
+                best, best_d = s, d
+        return best
 
     def expire(self, ts: float) -> list[Place]:
         """Stays that nothing has matched for more than ``inertia_s``, removed from the book."""

@@ -348,3 +348,20 @@ def test_schedule_across_daylight_saving_changes() -> None:
     autumn = datetime(2026, 10, 25, 3, 30, tzinfo=tz).timestamp()  # 03:00 → 02:00: 4 h long
     assert autumn - s.active_since(autumn) == 3.5 * 3600
     assert not s.active(datetime(2026, 10, 25, 4, 0, tzinfo=tz).timestamp())
+
+
+@pytest.mark.parametrize(("dx", "dy"), [(30, 10), (-40, 0), (0, 25)])
+def test_camera_bump_or_vehicle_moving_up_keeps_the_stay(dx: float, dy: float) -> None:
+    frames = stream([Obj(parked(T0 + 10, T0 + 400))], T0, T0 + 500, rate=1, jitter=2, drop=0.1, seed=4)
+    moved = [
+        (
+            ts,
+            Detections(d.xyxy + np.float32([dx, dy, dx, dy]), d.confidence, d.class_id)
+            if ts > T0 + 100
+            else d,
+        )
+        for ts, d in frames
+    ]
+    signals = run(ParkingRule(zone(dwell_s=120, inertia_s=60), TZ), moved)
+    assert [s.kind for s in signals if s.kind is not K.UPDATE] == [K.CANDIDATE, K.OPEN, K.CLOSE]
+    assert abs(signals[-1].dwell_s - 390) < 5
