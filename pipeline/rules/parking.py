@@ -10,6 +10,8 @@ Semantics (for the README):
   first still). It is continued by any matching vehicle, and ends only after the place has been empty for more
   than ``zone.inertia_s`` → ``CLOSE`` (if opened; ``dwell_s`` = last seen − start) or ``CANCEL`` (never
   opened). Missed detections, a person walking in front, a tracker id switch: the same stay, the same clock.
+  A vehicle found standing still again within 0.75 × box size of a stay that lost it (camera bumped, vehicle
+  moved up a little, box changed shape) continues that stay too.
 - ``OPEN`` (snapshot) when the stay has been present for ``zone.dwell`` *while the schedule is in force*: the
   clock starts at the later of the stay's start and the start of the current schedule period, so a vehicle
   parked before the window opens is reported ``dwell`` after the window opens. Outside the schedule nothing
