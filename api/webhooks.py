@@ -62,6 +62,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 HISTORY_KEEP = 10
 SWEEP_OVERLAP_S = 120.0  # a message stored (received_at) this long before it committed is still swept
 USER_AGENT = "pingan-webhook/1"
+KEEP_DONE_S = 30 * 86400.0  # delivered and failed rows stay in the log this long
+PRUNE_EVERY_S = 3600.0
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
@@ -314,6 +316,17 @@ class WebhookDispatcher:
             sent += 1
         return sent
 
+    def prune(self, keep_s: float = KEEP_DONE_S, now: datetime | None = None) -> int:
+        """Drop delivered and failed rows older than ``keep_s`` from the log (pending ones always stay)."""
+        cutoff = (now or utcnow()) - timedelta(seconds=keep_s)
+        d = deliveries_t
+        with self._write() as c:
+            return int(
+                c.execute(
+                    d.delete().where(d.c.status.in_(["delivered", "failed"]), d.c.created_at < cutoff)
+                ).rowcount
+            )
+
     def tick(self) -> int:
         """One round, synchronously: sweep, then pump every endpoint. Returns how many were delivered."""
         self.sweep()
@@ -321,8 +334,12 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """The lifespan task: sweep and pump every ``poll_s`` (endpoints in parallel threads)."""
+        pruned_at = 0.0
         while True:
             try:
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    await run_in_threadpool(self.prune)
                 await run_in_threadpool(self.sweep)
                 await asyncio.gather(*(run_in_threadpool(self.pump, i) for i in self.endpoints))
             except Exception as err:  # keep pushing; the next round retries

@@ -289,6 +289,9 @@ def test_dispatcher_on_each_database(any_db_settings):
             assert disp.tick() == 2  # the first again, then the update, in order
             keys = [r.headers["Idempotency-Key"] for r in sent]
             assert keys == [f"{ev.id}:0", f"{ev.id}:0", f"{ev.id}:1"]
+            assert disp.prune() == 0  # the log keeps recent rows
+            assert disp.prune(now=datetime.now(UTC) + timedelta(days=31)) == 2
+            assert disp.sweep() == 0  # not queued again (rows that old lie far outside the look-back)
         finally:
             disp.close()
     finally:
