@@ -86,6 +86,7 @@ class Supervisor:
                 )
                 log.error("camera %s not started: %s", cam.id, self.unavailable[cam.id])
         self.cameras = [c for c in self.cameras if c.id not in self.unavailable]
+        self._own_sink = self.sink is None  # made here: closed here (its HTTP connections) at shutdown
         if self.sink is None:
             from pipeline.sinks_nats import sink_for  # HttpSink to the API, or NatsSink when bus.kind is nats
 
@@ -245,3 +246,9 @@ class Supervisor:
         self.outbox.flush(max(0.1, deadline - time.monotonic()))
         self._outbox_stop.set()
         self.outbox.close(max(0.5, deadline - time.monotonic()))
+        close = getattr(self.sink, "close", None)
+        if self._own_sink and close is not None:
+            try:
+                close()
+            except Exception as err:  # shutting down: report, go on
+                log.warning("closing the sink failed: %s", type(err).__name__)
