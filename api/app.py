@@ -139,23 +139,17 @@ def create_app(settings: Settings) -> FastAPI:
         loops = [asyncio.create_task(_health_watch(rt, stopping))]
         if settings.media_max_bytes:
             loops.append(asyncio.create_task(_retention(rt, stopping)))
-        tasks: list[asyncio.Task[None]] = []
         webhooks = WebhookDispatcher(
             engine, settings.webhooks, poll_s=settings.webhook_poll_s, lookback_s=settings.webhook_lookback_s
         )
         app.state.webhooks = webhooks
         if settings.webhooks:  # signed push of stored messages (api.webhooks); the queue is in the database
-            tasks.append(asyncio.create_task(webhooks.run()))
+            loops.append(asyncio.create_task(webhooks.run(stopping)))
         try:
             yield
         finally:
             stopping.set()
             await asyncio.gather(*loops, return_exceptions=True)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             if consumer is not None:
                 await consumer.stop()
             webhooks.close()

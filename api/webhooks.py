@@ -25,6 +25,7 @@ How it works:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -332,10 +333,12 @@ class WebhookDispatcher:
         self.sweep()
         return sum(self.pump(i) for i in self.endpoints)
 
-    async def run(self) -> None:
-        """The lifespan task: sweep and pump every ``poll_s`` (endpoints in parallel threads)."""
+    async def run(self, stopping: asyncio.Event | None = None) -> None:
+        """The lifespan task: sweep and pump every ``poll_s`` (endpoints in parallel threads) until
+        ``stopping`` is set; a round in progress finishes first (no thread is left holding a connection)."""
+        stopping = stopping or asyncio.Event()
         pruned_at = 0.0
-        while True:
+        while not stopping.is_set():
             try:
                 if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
                     pruned_at = time.monotonic()
@@ -344,7 +347,8 @@ class WebhookDispatcher:
                 await asyncio.gather(*(run_in_threadpool(self.pump, i) for i in self.endpoints))
             except Exception as err:  # keep pushing; the next round retries
                 log.warning("webhook round failed: %s: %s", type(err).__name__, err)
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.poll_s)
 
     def close(self) -> None:
         for client in self._clients.values():
