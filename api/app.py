@@ -53,14 +53,17 @@ async def _pause(stopping: asyncio.Event, seconds: float) -> None:
 
 
 async def _retention(rt: Runtime, stopping: asyncio.Event) -> None:
-    """Keep evidence on disk under ``media_max_bytes`` (oldest events' files go first)."""
+    """Keep evidence on disk under ``media_max_bytes`` (api.retention: non-violations first, then violations
+    the police already have; never the others)."""
+    from api.retention import prune
+
     cap = rt.settings.media_max_bytes
     assert cap is not None
     while not stopping.is_set():
         try:
-            files, freed = await run_in_threadpool(rt.store.prune_media, cap)
-            if files:
-                log.info("retention: removed %d evidence files (%d bytes)", files, freed)
+            done = await run_in_threadpool(prune, rt.store, cap)
+            if done.files:
+                log.info("retention: removed %d evidence files (%d bytes)", done.files, done.freed)
         except Exception as err:  # keep the loop alive; the next round retries
             log.warning("retention failed: %s", type(err).__name__)
         await _pause(stopping, rt.settings.retention_every_s)
