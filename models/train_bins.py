@@ -177,6 +177,8 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 
     def prep(path: Path) -> np.ndarray:
         img = cv2.imread(str(path))
+        if img is None:
+            sys.exit(f"{path}: not a readable image")
         s = min(w / img.shape[1], h / img.shape[0])
         nw, nh = round(img.shape[1] * s), round(img.shape[0] * s)
         canvas = np.full((h, w, 3), 114, np.uint8)
@@ -194,6 +196,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 
     pre = Path(a.out).with_suffix(".pre.onnx")
     quant_pre_process(str(a.model), str(pre), skip_symbolic_shape=True)
+    exclude = list(a.exclude) if a.exclude else head_decode_nodes(pre)
     quantize_static(
         str(pre),
         str(a.out),
@@ -203,11 +206,27 @@ def cmd_quantize(a: argparse.Namespace) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        # keep the detection head's box/score decoding (after the last convolutions) in float
-        nodes_to_exclude=a.exclude or [],
+        nodes_to_exclude=exclude,
     )
     pre.unlink(missing_ok=True)
     print(a.out)
+
+
+def head_decode_nodes(model_path: Path) -> list[str]:
+    """Nodes of the Detect head after its last convolutions (DFL, box decoding, sigmoid, concat): kept in
+    float, since one output tensor carries both pixel coordinates (0–320) and scores (0–1), and a shared
+    8-bit scale would round every score to a multiple of ~1.3."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    out = graph.output[0].name
+    last = next(n for n in graph.node if out in n.output)
+    prefix = last.name.rsplit("/", 1)[0] + "/"  # e.g. /model.22/
+    return [
+        n.name
+        for n in graph.node
+        if n.name.startswith(prefix) and "/cv2" not in n.name and "/cv3" not in n.name
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
