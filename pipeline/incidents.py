@@ -206,7 +206,8 @@ class IncidentBuilder:
                 box_xyxy=[max(v, 0.0) for v in box],
                 plate=plate,
             )
-        ended = utc(s.ts) if state is EventState.CLOSED else None
+        # A close arrives inertia_s after the vehicle left; the stay itself ended at started + dwell.
+        ended = utc(max(s.started_ts + s.dwell_s, s.started_ts)) if state is EventState.CLOSED else None
         event = Event(
             id=inc.event_id,
             type=RULE_EVENT_TYPE[s.rule],

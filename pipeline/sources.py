@@ -372,7 +372,9 @@ class Source:
         period = self.period_s
 
         carry, self._carry = self._carry, None
-        full = False  # decode every frame? (decided once the keyframe interval is known)
+        # Decode every frame until the keyframe interval is known: guessing keyframe-only on a long-GOP camera
+        # (or a file like vtest.avi, 25 s between keyframes) would starve the rules until the next keyframe.
+        full = True
         synced = False  # seen the first keyframe of this connection
         key_iv: float | None = carry.key_iv if carry else None
         last_key_t: float | None = None
@@ -387,9 +389,9 @@ class Source:
         now = time.monotonic
 
         bad = 0  # decode errors in a row
-        if key_iv is not None and period < 0.9 * key_iv:
-            full = True
-            cc.skip_frame = "DEFAULT"
+        if key_iv is not None:  # a looping file's next pass already knows
+            full = period < 0.9 * key_iv
+        cc.skip_frame = "DEFAULT" if full else "NONKEY"
         for pkt in container.demux(stream):
             if stopping():
                 break

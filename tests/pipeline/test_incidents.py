@@ -83,6 +83,7 @@ def test_parking_stay_gives_one_event_with_three_stills_and_plate(sent: list) ->
     assert sent[1][1].keys() == {"scene-3.jpg"}, "files already sent are not sent again"
     assert last.object and last.object.plate and last.object.plate.text == "京A12345"
     assert last.ended_at is not None and last.dwell_s == 300.0
+    assert last.ended_at.timestamp() == t0 + 300.0
     assert plates == ["lane#1", "lane#1"]
     Event.model_validate(last.to_wire())  # what the API will validate
 
