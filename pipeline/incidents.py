@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -42,13 +42,13 @@ class StillRenderer(Protocol):
     """What the builder needs from evidence rendering (pipeline.evidence provides it)."""
 
     def still(
-        self, image: object, caption: list[str], boxes: list[tuple[tuple[float, ...], str]]
+        self, image: object, caption: list[str], boxes: Sequence[tuple[tuple[float, ...], str]]
     ) -> bytes: ...
 
     def plate_crop(self, image: object, box: tuple[float, ...]) -> bytes | None: ...
 
 
-Emit = Callable[[Event, dict[str, bytes]], None]
+Emit = Callable[[Event, dict[str, bytes]], object]
 PlateRequest = Callable[[str, object, tuple[float, ...]], None]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def plate_region(box: tuple[float, ...]) -> tuple[float, float, float, float]:
 class EvidenceRenderer:
     """Adapts pipeline.evidence to what the incident builder asks for."""
 
-    def still(self, image: object, caption: list[str], boxes: list[tuple[tuple[float, ...], str]]) -> bytes:
+    def still(
+        self, image: object, caption: list[str], boxes: Sequence[tuple[tuple[float, ...], str]]
+    ) -> bytes:
         from pipeline.evidence import render_still
 
         return render_still(image, caption, boxes)  # type: ignore[arg-type]
@@ -240,7 +243,7 @@ class Supervisor:
             w.join(max(0.1, min(2.0, deadline - time.monotonic())))
         self.scheduler.join(max(0.1, min(2.0, deadline - time.monotonic())))
         if self.plates is not None:
-            # A read in flight sits in ONNX Runtime; leaving it running at interpreter exit aborts the process.
+            # A read in flight sits in ONNX Runtime; left running at interpreter exit, it aborts the process.
             self.plates.join(max(0.5, min(4.0, deadline - time.monotonic())))
         self._status_thread.join(1.0)
         self.outbox.flush(max(0.1, deadline - time.monotonic()))

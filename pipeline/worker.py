@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pipeline.config import Camera, FileSource, SiteConfig, ZoneType
 from pipeline.detections import Detections
@@ -25,11 +26,10 @@ log = logging.getLogger(__name__)
 SourceFactory = Callable[[Camera, threading.Event], FrameSource]
 
 
-class Rule:
-    """What the worker needs of a rule (parking, bins, bays)."""
+class Rule(Protocol):
+    """What the worker needs of a rule (parking, bins)."""
 
-    def update(self, dets: Detections, ts: float) -> list[RuleSignal]:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def update(self, dets: Detections, ts: float) -> list[RuleSignal]: ...
 
 
 def build_rules(camera: Camera, site: SiteConfig) -> list[Rule]:
