@@ -82,7 +82,9 @@ class Pingan:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"pingan exited ({self.proc.returncode}) while waiting for {what}:\n{self.tail()}")
+                pytest.fail(
+                    f"pingan exited ({self.proc.returncode}) while waiting for {what}:\n{self.tail()}"
+                )
             try:
                 value = fn()
             except httpx.HTTPError:
@@ -166,7 +168,9 @@ def test_rtsp_camera_to_violation_on_api(pingan_run: tuple[Pingan, Any]) -> None
     app.wait_for("camera running", lambda: camera_state() == "running", 30)
     server.kill()
     t_kill = time.monotonic()
-    app.wait_for("camera offline", lambda: camera_state() in ("stalled", "backoff", "connecting"), 4 + 2 + 2 + 1)
+    app.wait_for(
+        "camera offline", lambda: camera_state() in ("stalled", "backoff", "connecting"), 4 + 2 + 2 + 1
+    )
     assert time.monotonic() - t_kill <= 9.5
     server.start()
     t_back = time.monotonic()

@@ -91,7 +91,11 @@ def _errors(text: str) -> list[str]:
             "polygon: [[0, 0], [50, 0], [100, 0]]",
             "cameras[1].zones[0].polygon: has no area",
         ),
-        ("timezone: Asia/Shanghai", "timezone: Mars/Base", "site.timezone: unknown time zone 'Mars/Base' (line 3)"),
+        (
+            "timezone: Asia/Shanghai",
+            "timezone: Mars/Base",
+            "site.timezone: unknown time zone 'Mars/Base' (line 3)",
+        ),
         ("  - id: bins-north", "  - id: gate-east", "cameras: camera ids repeat: gate-east (line 4)"),
         ("detect_fps: 1", "detect_fps: -1", "cameras[0].detect_fps: Input should be greater than 0 (line 9)"),
     ],
@@ -144,7 +148,9 @@ def test_repo_demo_config_is_valid() -> None:
 
 def test_check_config_cli_exits_nonzero_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(GOOD.replace("polygon: [[0, 0], [50, 0], [50, 50]]", "polygon: [[0, 0]]"), encoding="utf-8")
+    bad.write_text(
+        GOOD.replace("polygon: [[0, 0], [50, 0], [50, 50]]", "polygon: [[0, 0]]"), encoding="utf-8"
+    )
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "check-config", str(bad)],
         capture_output=True,

@@ -24,7 +24,9 @@ def test_outage_opens_after_threshold_and_closes_on_recovery() -> None:
     opened = h.update(_st(SourceState.BACKOFF, mono0 + 1), wall0 + 7, mono0 + 7)
     assert opened is not None and opened.type is EventType.CAMERA_OFFLINE and opened.state is EventState.OPEN
     assert opened.started_at.timestamp() == wall0 + 1 and opened.grid == "a/b"
-    assert h.update(_st(SourceState.CONNECTING, mono0 + 8), wall0 + 9, mono0 + 9) is None  # still the same outage
+    assert (
+        h.update(_st(SourceState.CONNECTING, mono0 + 8), wall0 + 9, mono0 + 9) is None
+    )  # still the same outage
     closed = h.update(_st(SourceState.RUNNING, mono0 + 20), wall0 + 20, mono0 + 20)
     assert closed is not None and closed.id == opened.id and closed.state is EventState.CLOSED
     assert closed.seq == 1 and closed.dwell_s == 19.0

@@ -41,11 +41,22 @@ class FakeRenderer:
         return b"plate-crop"
 
 
-def _sig(kind: SignalKind, ts: float, rule: str = "parking", zone: str = "lane", snap: bool = True) -> RuleSignal:
+def _sig(
+    kind: SignalKind, ts: float, rule: str = "parking", zone: str = "lane", snap: bool = True
+) -> RuleSignal:
     return RuleSignal(
-        kind=kind, rule=rule, zone_id=zone, key=f"{zone}#1", ts=ts, started_ts=1_700_000_000.0,
-        dwell_s=ts - 1_700_000_000.0, label="vehicle" if rule == "parking" else "bin_overflow", track_id=3,
-        box_xyxy=(10.0, 10.0, 50.0, 40.0), confidence=0.8, snapshot=snap,
+        kind=kind,
+        rule=rule,
+        zone_id=zone,
+        key=f"{zone}#1",
+        ts=ts,
+        started_ts=1_700_000_000.0,
+        dwell_s=ts - 1_700_000_000.0,
+        label="vehicle" if rule == "parking" else "bin_overflow",
+        track_id=3,
+        box_xyxy=(10.0, 10.0, 50.0, 40.0),
+        confidence=0.8,
+        snapshot=snap,
     )
 
 
@@ -66,7 +77,12 @@ def test_parking_stay_gives_one_event_with_three_stills_and_plate(sent: list) ->
     plates: list[str] = []
     b = _builder(sent, request_plate=lambda key, img, box: plates.append(key))
     t0 = 1_700_000_000.0
-    for kind, dt in [(SignalKind.CANDIDATE, 0), (SignalKind.OPEN, 61), (SignalKind.UPDATE, 120), (SignalKind.CLOSE, 300)]:
+    for kind, dt in [
+        (SignalKind.CANDIDATE, 0),
+        (SignalKind.OPEN, 61),
+        (SignalKind.UPDATE, 120),
+        (SignalKind.CLOSE, 300),
+    ]:
         b.handle([_sig(kind, t0 + dt, snap=kind is not SignalKind.CLOSE)], _frame(t0 + dt))
         if kind is SignalKind.OPEN:
             b.plate_read("lane#1", "京A12345", 0.9)

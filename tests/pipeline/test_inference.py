@@ -1,4 +1,4 @@
-"""The shared scheduler: drop-oldest per camera, frame order per camera, bounded latency with a slow detector."""
+"""The shared scheduler: drop-oldest per camera, frame order per camera, bounded latency when slow."""
 
 from __future__ import annotations
 
