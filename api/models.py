@@ -187,3 +187,33 @@ class WebhookDeliveryRow(Base):
         Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status", "id"),
         Index("ix_webhook_deliveries_event", "event_id"),
     )
+
+
+class ParkingBayRow(Base):
+    """The latest reported occupancy of each ``parking_bay`` zone (a bay, or a lot polygon with a capacity)."""
+
+    __tablename__ = "parking_bays"
+    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    zone_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grid: Mapped[str | None] = mapped_column(String(520))
+    occupied: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[int] = mapped_column(Integer)
+    free: Mapped[int] = mapped_column(Integer)
+    observed_at: Mapped[datetime]  # the stream time the worker measured it
+    reported_at: Mapped[datetime]  # when the API received the last report
+    changed_at: Mapped[datetime]  # stream time of the last change of occupied/capacity
+
+
+class ParkingHistoryRow(Base):
+    """Occupancy over time, one row per change (and a keep-alive row at most every few minutes)."""
+
+    __tablename__ = "parking_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(String(64))
+    zone_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    occupied: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[int] = mapped_column(Integer)
+    free: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_parking_history_bay_at", "camera_id", "zone_id", "at"),)
