@@ -207,14 +207,26 @@ class Camera(_Strict):
         return zones
 
 
+class SlaRule(_Strict):
+    """How long an event of one type may stay ``new`` (unacknowledged) before it is escalated."""
+
+    ack_within_s: Annotated[float, Field(gt=0, le=30 * 86400)]
+
+
+SlaEventType = Literal["illegal_parking", "bin_overflow", "camera_offline"]
+
+
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     url: str | None = None  # where workers post events; defaults to http://host:port
     worker_key: Annotated[str, StringConstraints(min_length=16)] | None = None
     media_max_mb: Annotated[int, Field(ge=1)] = 20_000
+    sla: dict[SlaEventType, SlaRule] = {}  # e.g. {illegal_parking: {ack_within_s: 300}}
+    # bearer token for GET /metrics (Prometheus); write ${ENV}; env PINGAN_METRICS_TOKEN overrides
+    metrics_token: Annotated[str, StringConstraints(min_length=16)] | None = None
 
-    @field_validator("worker_key", mode="before")
+    @field_validator("worker_key", "metrics_token", mode="before")
     @classmethod
     def _env(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -300,6 +312,34 @@ class WebhookConfig(_Strict):
         return v
 
 
+TopicPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")]
+
+
+class MqttConfig(_Strict):
+    """Publishing to an MQTT broker in Frigate's style (api.mqtt): ``<prefix>/events``,
+    ``<prefix>/<camera>/status``, ``<prefix>/available``, ``<prefix>/escalations``."""
+
+    enabled: bool = True
+    host: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    password: SecretStr | None = None  # write ${ENV}
+    topic_prefix: TopicPrefix = "pingan"
+    client_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000  # waiting messages; the oldest go first
+
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            for m in _ENV_RE.finditer(v):
+                if m.group(1) not in os.environ:
+                    raise ValueError(f"environment variable {m.group(1)} is not set")
+            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
+        return v
+
+
 class SiteConfig(_Strict):
     id: Ident = "site"
     name: str = "pingan"
@@ -330,6 +370,7 @@ class Config(_Strict):
     detector: DetectorConfig = DetectorConfig()
     cameras: list[Camera]
     webhooks: list[WebhookConfig] = []
+    mqtt: MqttConfig | None = None
 
     @field_validator("webhooks")
     @classmethod
