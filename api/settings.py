@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from pipeline.config import BusConfig, Config, WebhookConfig
+from pipeline.config import BusConfig, Config, MqttConfig, SlaRule, WebhookConfig, ZoneType
 
 # Secrets that ship in docs or examples; refusing them catches copy-paste deployments.
 _KNOWN_BAD_SECRETS = {"changeme", "secret", "change-me-please", "pingan", "default"}
@@ -42,6 +42,16 @@ class CameraInfo(BaseModel):
     zones: list[str] = []
 
 
+class BinStation(BaseModel):
+    """A bin station (zone of type bin_station) as the dashboard lists it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    camera_id: str
+    zone_id: str
+    bin_ids: list[str] = []
+    grid: str | None = None
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +78,11 @@ class Settings(BaseModel):
     webhooks: list[WebhookConfig] = []  # signed push of stored event messages (api.webhooks)
     webhook_poll_s: Annotated[float, Field(gt=0)] = 1.0
     webhook_lookback_s: Annotated[float, Field(gt=0)] = 3600.0  # at start, messages this old still get pushed
+    mqtt: MqttConfig | None = None  # Frigate-style MQTT publishing (api.mqtt)
+    sla: dict[str, SlaRule] = {}  # event type -> ack_within_s; unacknowledged past it: escalated (api.sla)
+    sla_check_s: Annotated[float, Field(gt=0)] = 10.0
+    metrics_token: SecretStr | None = None  # bearer token for GET /metrics besides admins
+    bin_stations: list[BinStation] = []
 
     @field_validator("secret")
     @classmethod
@@ -151,6 +166,17 @@ def settings_from_config(cfg: Config, **overrides: object) -> Settings:
         "site_id": cfg.site.id,
         "bus": cfg.bus,
         "webhooks": cfg.webhooks,
+        "mqtt": cfg.mqtt,
+        "sla": cfg.api.sla,
+        "metrics_token": os.environ.get("PINGAN_METRICS_TOKEN") or cfg.api.metrics_token,
+        "bin_stations": [
+            BinStation(
+                camera_id=c.id, zone_id=z.id, bin_ids=list(z.bin_ids), grid=z.grid or c.grid or cfg.site.grid
+            )
+            for c in cfg.cameras
+            for z in c.zones
+            if z.type == ZoneType.BIN_STATION
+        ],
     }
     values.update(overrides)
     return Settings.model_validate(values)
