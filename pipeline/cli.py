@@ -308,6 +308,54 @@ def models_verify(models_dir: ModelsOpt = DEFAULT_MODELS) -> None:
         raise typer.Exit(1)
 
 
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+ROOT = DEFAULT_MODELS.parent
+
+
+def _train_python() -> str:
+    """Training runs where ultralytics is (the `train` extra), never in the runtime's process."""
+    venv_train = ROOT / ".venv-train" / "bin" / "python"
+    return str(venv_train) if venv_train.exists() else sys.executable
+
+
+def _run_module(python: str, module: str, args: list[str]) -> None:
+    import subprocess
+
+    code = subprocess.call([python, "-m", module, *args], cwd=ROOT)
+    if code:
+        raise typer.Exit(code)
+
+
+@models_app.command("eval", context_settings=PASSTHROUGH)
+def models_eval(ctx: typer.Context) -> None:
+    """mAP50 / mAP50-95 per class on YOLO-format labels: --model NAME --data data.yaml [--split val]."""
+    from pipeline.evaluate import main as evaluate_main
+
+    evaluate_main(list(ctx.args))
+
+
+@models_app.command("train", context_settings=PASSTHROUGH)
+def models_train(ctx: typer.Context) -> None:
+    """Train the bin model on your labelled data: --data data.yaml [--hours 0.8] (needs the `train` extra)."""
+    _run_module(_train_python(), "models.train_bins", ["train", *ctx.args])
+
+
+@models_app.command("export", context_settings=PASSTHROUGH)
+def models_export(ctx: typer.Context) -> None:
+    """Export YOLO weights to ONNX offline: --weights best.pt [--out models/x.onnx] (`train` extra)."""
+    _run_module(_train_python(), "models.train_bins", ["export", *ctx.args])
+
+
+@models_app.command("quantize", context_settings=PASSTHROUGH)
+def models_quantize(ctx: typer.Context) -> None:
+    """Static INT8 (QDQ, per-channel): `bins [--data data.yaml]` or `vehicles` (calibrated on real frames)."""
+    args = list(ctx.args)
+    if args and args[0] == "bins":
+        _run_module(sys.executable, "models.train_bins", ["quantize", *args[1:]])
+    else:
+        _run_module(sys.executable, "models.quantize", args)
+
+
 @users_app.command("add")
 def users_add(
     username: str,

@@ -1,0 +1,59 @@
+"""The `pingan` command's model commands, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BUS = Path("/usr/share/doc/opencv-doc/opencv4/html/pexels_double_decker_bus.jpg")
+
+
+def pingan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=240
+    )
+
+
+def test_models_list_and_verify() -> None:
+    listed = pingan("models", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "vehicles:" in listed.stdout and "bins:" in listed.stdout and "licence=" in listed.stdout
+    verified = pingan("models", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "vehicles: ok" in verified.stdout and "bins: ok" in verified.stdout
+
+
+def test_detect_prints_json_lines_with_the_bus() -> None:
+    if not BUS.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{BUS} missing (Debian opencv-doc)")
+        pytest.skip(f"{BUS} missing")
+    out = pingan("detect", "--model", "vehicles", str(BUS))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 1
+    vehicles = [d for d in rows[0]["detections"] if d["label"] == "vehicle"]
+    assert vehicles and max(d["confidence"] for d in vehicles) > 0.6
+
+
+def test_detect_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not-media.txt"
+    bad.write_text("hello", encoding="utf-8")
+    out = pingan("detect", str(bad))
+    assert out.returncode == 1
+    assert "cannot read as image or video" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_eval_on_a_tiny_labelled_set(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from models.binsynth import write_dataset
+
+    write_dataset(tmp_path / "ds", n_train=0, n_val=6, seed=123)
+    out = pingan("models", "eval", "--model", "bins", "--data", str(tmp_path / "ds" / "data.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert '"mAP50"' in out.stdout
