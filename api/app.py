@@ -23,7 +23,7 @@ from api.broadcast import Broadcaster
 from api.db import make_engine, migrate
 from api.errors import install_handlers
 from api.http import LimitsMiddleware
-from api.routers import audit, cameras, dashboard, events, evidence, live, packs, violations
+from api.routers import audit, bins, cameras, dashboard, events, evidence, grid, live, packs, parking, violations
 from api.runtime import Runtime, RuntimeDep
 from api.settings import Settings
 from api.store import Store
@@ -177,10 +177,15 @@ def create_app(settings: Settings) -> FastAPI:
         max_evidence_bytes=settings.max_evidence_bytes,
     )
     # live before events: /api/events/stream must win over /api/events/{event_id}
-    for module in (live, events, evidence, cameras, violations, packs, audit, dashboard):
+    for module in (live, events, evidence, cameras, violations, packs, audit, dashboard, parking, grid, bins):
         app.include_router(module.router)
     app.include_router(webhooks_router)
-    app.add_api_route("/healthz", _healthz, methods=["GET", "HEAD"], response_class=JSONResponse)
+    app.add_api_route("/healthz", _healthz, methods=["GET"], response_class=JSONResponse)
+    # HEAD for load balancers; a second route, as one route with both methods gives the OpenAPI document a
+    # duplicate operation id (FastAPI warns; schemathesis reads the document)
+    app.add_api_route(
+        "/healthz", _healthz, methods=["HEAD"], response_class=JSONResponse, include_in_schema=False
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     check_route_rules(app)
     return app

@@ -52,7 +52,7 @@ class StuckOnceDetector(SlowDetector):
         if self.calls + 1 == self.stuck_on:
             self.calls += 1
             self.release.wait()
-            return []
+            return [Detections.empty() for _ in images]
         return super().detect(images)
 
 

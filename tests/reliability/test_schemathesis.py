@@ -115,3 +115,10 @@ def test_schemathesis_no_5xx_and_schema_conformance(
     assert not failures, "\n\n".join(failures)
     assert not any(s >= 500 for s in statuses), statuses
     assert total >= TOTAL, (total, sent)
+
+
+def test_openapi_document_builds_without_warnings(api_client: TestClient) -> None:
+    """The document schemathesis reads: no duplicate operation ids (FastAPI warns; warnings are errors)."""
+    doc = api_client.app.openapi()
+    ids = [op["operationId"] for path in doc["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)) and len(ids) >= 15
