@@ -23,7 +23,19 @@ from api.broadcast import Broadcaster
 from api.db import make_engine, migrate
 from api.errors import install_handlers
 from api.http import LimitsMiddleware
-from api.routers import audit, bins, cameras, dashboard, events, evidence, grid, live, packs, parking, violations
+from api.routers import (
+    audit,
+    bins,
+    cameras,
+    dashboard,
+    events,
+    evidence,
+    grid,
+    live,
+    packs,
+    parking,
+    violations,
+)
 from api.runtime import Runtime, RuntimeDep
 from api.settings import Settings
 from api.store import Store

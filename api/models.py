@@ -190,7 +190,7 @@ class WebhookDeliveryRow(Base):
 
 
 class ParkingBayRow(Base):
-    """The latest reported occupancy of each ``parking_bay`` zone (a bay, or a lot polygon with a capacity)."""
+    """The latest reported occupancy of each ``parking_bay`` zone (a bay, or a lot polygon with capacity)."""
 
     __tablename__ = "parking_bays"
     camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
