@@ -4,7 +4,8 @@ How it works:
 
 - **Queue.** A background task (started in the app's lifespan) sweeps ``event_messages`` for messages the API
   stored recently (``received_at``, indexed) and enqueues one ``webhook_deliveries`` row per matching endpoint
-  (its ``event_types``; its ``grid_prefix`` if set). The row keeps the exact body that is signed and sent on
+  (its ``event_types``; its ``grid_prefix`` if set, the most specific matching prefix winning:
+  :func:`targets_for`). The row keeps the exact body that is signed and sent on
   every attempt. Rows are unique per (endpoint, event id, seq), so sweeps, restarts and API replicas never
   enqueue a message twice. On start the sweep looks back ``webhook_lookback_s``; the queue itself is in the
   database, so pending deliveries survive restarts.
@@ -115,6 +116,22 @@ def _matches(ep: WebhookConfig, event_type: str, grid: str | None) -> bool:
     return grid is not None and (grid == ep.grid_prefix or grid.startswith(ep.grid_prefix + "/"))
 
 
+def targets_for(endpoints: Sequence[WebhookConfig], event_type: str, grid: str | None) -> list[WebhookConfig]:
+    """The endpoints a message goes to: of those taking its type and grid, the ones with the most specific
+    ``grid_prefix`` (most path levels; no prefix is the least specific). Several equally specific ones all
+    get it. E.g. a district crew (no prefix) and a street crew (``fangshan/xilu``) for ``bin_overflow``: an
+    event in ``fangshan/xilu/...`` goes to the street crew only, one elsewhere to the district crew."""
+    matching = [e for e in endpoints if _matches(e, event_type, grid)]
+    if not matching:
+        return []
+
+    def depth(e: WebhookConfig) -> int:
+        return 0 if e.grid_prefix is None else e.grid_prefix.count("/") + 1
+
+    best = max(depth(e) for e in matching)
+    return [e for e in matching if depth(e) == best]
+
+
 # ---- the dispatcher ---------------------------------------------------------------------------------------
 
 
@@ -184,7 +201,7 @@ class WebhookDispatcher:
             rows = [r for r in c.execute(q) if (r.event_id, r.seq) not in self._seen]
             offered: list[dict[str, Any]] = []
             for r in rows:
-                targets = [e for e in self.endpoints.values() if _matches(e, r.type, r.grid)]
+                targets = targets_for(list(self.endpoints.values()), r.type, r.grid)
                 if not targets:
                     continue
                 payload = c.execute(

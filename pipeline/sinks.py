@@ -92,6 +92,20 @@ class HttpSink:
             return False
         return True
 
+    def put_bay(self, camera_id: str, zone_id: str, payload: dict[str, Any]) -> bool:
+        """Best effort bay occupancy (``PUT /api/parking/{camera}/{zone}``, JSON ``{occupied, capacity,
+        free, ts, grid}``); never raises. True when accepted."""
+        path = f"/api/parking/{quote(camera_id, safe='')}/{quote(zone_id, safe='')}"
+        try:
+            resp = self._client.put(path, json=payload)
+        except Exception as e:
+            log.debug("bay state for %s/%s not sent: %s", camera_id, zone_id, type(e).__name__)
+            return False
+        if resp.status_code not in ACK:
+            log.debug("bay state for %s/%s refused: HTTP %s", camera_id, zone_id, resp.status_code)
+            return False
+        return True
+
     def close(self) -> None:
         self._client.close()
 

@@ -26,6 +26,7 @@ from pipeline.worker import CameraWorker
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
+BAY_EVERY_S = 30.0  # parking-bay occupancy is sent on change and at least this often
 
 
 def plate_region(box: tuple[float, ...]) -> tuple[float, float, float, float]:
@@ -70,6 +71,7 @@ class Supervisor:
     plate_reading: bool = True
     workers: list[CameraWorker] = field(default_factory=list)
     _model_errors: dict[str, str] = field(default_factory=dict)
+    _bays_sent: dict[tuple[str, str], tuple[object, float]] = field(default_factory=dict)  # last accepted
 
     def start(self) -> None:
         from pipeline.outbox import Outbox
@@ -232,6 +234,35 @@ class Supervisor:
             }
             if put_status is not None:
                 put_status(w.camera.id, payload)
+        self.report_bays(now_mono)
+
+    def report_bays(self, now_mono: float | None = None) -> int:
+        """Send each parking bay's occupancy (``sink.put_bay``, best effort) when it changed since it was last
+        accepted, or every ``BAY_EVERY_S``. Returns how many were sent."""
+        put_bay = getattr(self.sink, "put_bay", None)
+        if put_bay is None:
+            return 0
+        now_mono = time.monotonic() if now_mono is None else now_mono
+        sent = self._bays_sent
+        n = 0
+        for w in self.workers:
+            for zone_id, (st, ts) in w.bay_states().items():
+                key = (w.camera.id, zone_id)
+                last = sent.get(key)
+                if last is not None and last[0] == st and now_mono - last[1] < BAY_EVERY_S:
+                    continue
+                zone = next(z for z in w.camera.zones if z.id == zone_id)
+                payload = {
+                    "occupied": st.occupied,
+                    "capacity": st.capacity,
+                    "free": st.free,
+                    "ts": ts,
+                    "grid": zone.grid or w.camera.grid or self.config.site.grid,
+                }
+                if put_bay(w.camera.id, zone_id, payload):
+                    sent[key] = (st, now_mono)
+                n += 1
+        return n
 
     # ---- shutdown ---------------------------------------------------------------------------------
 

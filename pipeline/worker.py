@@ -20,6 +20,7 @@ from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.rules.base import RuleSignal
+from pipeline.rules.bays import BayState
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Rule(Protocol):
 
 
 def build_rules(camera: Camera, site: SiteConfig) -> list[Rule]:
+    from pipeline.rules.bays import BayRule
     from pipeline.rules.bins import BinRule
     from pipeline.rules.parking import ParkingRule
 
@@ -42,6 +44,8 @@ def build_rules(camera: Camera, site: SiteConfig) -> list[Rule]:
             rules.append(ParkingRule(zone, site.timezone))
         elif zone.type is ZoneType.BIN_STATION:
             rules.append(BinRule(zone))
+        elif zone.type is ZoneType.PARKING_BAY:
+            rules.append(BayRule(zone))  # type: ignore[arg-type]  # gives a BayState, not signals
     return rules
 
 
@@ -86,6 +90,7 @@ class CameraWorker:
         self._detections = 0
         self._gated = 0
         self._crashes = 0
+        self._bays: dict[str, tuple[BayState, float]] = {}  # zone id -> (latest state, stream ts)
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
         scheduler.register(camera.id, camera.models, self._on_detections)
 
@@ -149,9 +154,18 @@ class CameraWorker:
             tracked = self.tracker.update(dets, frame.ts)  # type: ignore[attr-defined]
             signals: list[RuleSignal] = []
             for rule in self.rules:
-                signals.extend(rule.update(tracked, frame.ts))
+                out = rule.update(tracked, frame.ts)
+                if isinstance(out, BayState):  # parking bays: occupancy, reported by the supervisor
+                    self._bays[rule.zone.id] = (out, frame.ts)  # type: ignore[attr-defined]
+                else:
+                    signals.extend(out)
             if signals:
                 self.builder.handle(signals, frame)
+
+    def bay_states(self) -> dict[str, tuple[BayState, float]]:
+        """The latest occupancy of each ``parking_bay`` zone, with the stream time it was measured."""
+        with self._lock:
+            return dict(self._bays)
 
     # ---- health -------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ router = APIRouter(prefix="/api", tags=["parking"])
 ZoneId = Annotated[str, Path(pattern=IDENT, max_length=64)]
 GRID = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"
 STALE_AFTER_S = 180.0  # workers report every 30 s; three missed reports make a bay's figure unknown
-MQTT_TOPIC = "pingan/parking/{lot}/free"
+MQTT_TOPIC = "parking/{lot}/free"  # under the MQTT prefix: pingan/parking/<lot>/free
 
 
 class BayStateIn(_In):
@@ -132,25 +132,19 @@ def lots_public(rows: list[dict[str, Any]], rt: Runtime) -> ParkingPublic:
     )
 
 
-def publish_mqtt(request: Request, topic: str, payload: str, retain: bool = True) -> bool:
-    """Hook to the API's MQTT publisher (``api.mqtt``, optional): an object on ``app.state.mqtt`` with
-    ``publish(topic, payload, retain)``, else a module-level ``api.mqtt.publish``. Best effort: never raises;
-    True when handed over."""
-    pub = getattr(getattr(request.app.state, "mqtt", None), "publish", None)
-    if pub is None:
-        try:
-            from api import mqtt  # type: ignore[attr-defined, unused-ignore]
-        except ImportError:
-            return False
-        pub = getattr(mqtt, "publish", None)
-        if pub is None:
-            return False
+def publish_mqtt(request: Request, topic: str, payload: object, retain: bool = True) -> bool:
+    """Hook to the API's MQTT publisher (``api.mqtt.MqttPublisher``, optional), found as ``app.state.mqtt`` or
+    the runtime's ``mqtt``; ``topic`` is under its prefix. Best effort, never raises; True when queued."""
+    rt = getattr(request.app.state, "pingan", None)
+    publisher = getattr(request.app.state, "mqtt", None) or getattr(rt, "mqtt", None)
+    publish = getattr(publisher, "publish", None)
+    if publish is None:
+        return False
     try:
-        pub(topic, payload, retain)
+        return bool(publish(topic, payload, retain))
     except Exception as err:  # the broker is an add-on; the API goes on without it
         log.debug("MQTT publish to %s failed: %s", topic, type(err).__name__)
         return False
-    return True
 
 
 @router.put("/parking/{camera_id}/{zone_id}", status_code=204, response_class=Response)
@@ -177,7 +171,7 @@ def put_parking(
         rt.broadcaster.publish("parking", pub.model_dump(mode="json"), meta)
         lot = lots_public(bays(rt.store), rt).lots
         free = next((x.free for x in lot if x.lot == camera_id), body.free)
-        publish_mqtt(request, MQTT_TOPIC.format(lot=camera_id), str(free))
+        publish_mqtt(request, MQTT_TOPIC.format(lot=camera_id), free)
     return Response(status_code=204)
 
 
