@@ -19,10 +19,12 @@ from starlette.routing import BaseRoute, Mount
 
 from api.auth import auth_rules as _auth_rules
 from api.auth import public
-from api.broadcast import Broadcaster
+from api.broadcast import Broadcaster, Message
 from api.db import make_engine, migrate
 from api.errors import install_handlers
 from api.http import LimitsMiddleware
+from api.mqtt import MqttPublisher
+from api.mqtt import bridge as mqtt_bridge
 from api.routers import (
     audit,
     bins,
@@ -30,10 +32,13 @@ from api.routers import (
     dashboard,
     events,
     evidence,
+    false_alarms,
     grid,
     live,
+    metrics,
     packs,
     parking,
+    stations,
     violations,
 )
 from api.runtime import Runtime, RuntimeDep
@@ -134,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings,
         store=Store(engine, settings.media_dir),
         broadcaster=Broadcaster(settings.sse_queue_size),
+        mqtt=MqttPublisher(settings.mqtt, settings.site_id),
     )
 
     @asynccontextmanager
@@ -141,6 +147,22 @@ def create_app(settings: Settings) -> FastAPI:
         await run_in_threadpool(migrate, engine)
         await run_in_threadpool(rt.store.sync_cameras, settings.cameras)
         rt.broadcaster.bind(asyncio.get_running_loop())
+        # these finish their round and stop when told (never cancelled mid-query: a thread still holding a
+        # connection while the engine is disposed would leak it)
+        stopping = asyncio.Event()
+        loops = []
+        if rt.mqtt.enabled:  # Frigate-style MQTT (api.mqtt): what this replica stores and sees, not relays
+
+            def own(m: Message) -> bool:
+                bc = getattr(app.state, "bus_consumer", None)
+                return m.meta.get("relay") in (None, getattr(bc, "replica_id", None))
+
+            rt.mqtt.start()
+            loops.append(asyncio.create_task(mqtt_bridge(rt.mqtt, rt.broadcaster, stopping, own)))
+        if settings.sla:  # escalate events unacknowledged past their limit (api.sla)
+            from api import sla
+
+            loops.append(asyncio.create_task(sla.run(rt, stopping)))
         consumer = None
         if settings.bus.kind == "nats":  # district: events arrive over NATS JetStream (api.bus_consumer)
             from api.bus_consumer import BusConsumer
@@ -148,10 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
             consumer = BusConsumer(rt)
             app.state.bus_consumer = consumer
             await consumer.start()
-        # these finish their round and stop when told (never cancelled mid-query: a thread still holding a
-        # connection while the engine is disposed would leak it)
-        stopping = asyncio.Event()
-        loops = [asyncio.create_task(_health_watch(rt, stopping))]
+        loops.append(asyncio.create_task(_health_watch(rt, stopping)))
         if settings.media_max_bytes:
             loops.append(asyncio.create_task(_retention(rt, stopping)))
         webhooks = WebhookDispatcher(
@@ -167,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(*loops, return_exceptions=True)
             if consumer is not None:
                 await consumer.stop()
+            await run_in_threadpool(rt.mqtt.stop)  # flush, "offline", disconnect
             webhooks.close()
             rt.broadcaster.close()
             await asyncio.sleep(0)  # let open streams see the close and finish
@@ -190,6 +210,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     # live before events: /api/events/stream must win over /api/events/{event_id}
     for module in (live, events, evidence, cameras, violations, packs, audit, dashboard, parking, grid, bins):
+        app.include_router(module.router)
+    for module in (metrics, false_alarms, stations):  # type: ignore[assignment]
         app.include_router(module.router)
     app.include_router(webhooks_router)
     app.add_api_route("/healthz", _healthz, methods=["GET"], response_class=JSONResponse)

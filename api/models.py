@@ -78,6 +78,7 @@ class EventRow(Base):
     disposition_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     received_at: Mapped[datetime]
+    escalated_at: Mapped[datetime | None]  # unacknowledged past its SLA (api.sla; migration 0005)
 
     __table_args__ = (
         Index("ix_events_started", "started_at", "id"),

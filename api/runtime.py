@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.broadcast import Broadcaster
+from api.mqtt import MqttPublisher
 from api.settings import Settings
 from api.store import Store
 
@@ -50,6 +51,7 @@ class Runtime:
     store: Store
     broadcaster: Broadcaster
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    mqtt: MqttPublisher = field(default_factory=lambda: MqttPublisher(None))  # api.mqtt; a no-op when off
 
 
 def get_runtime(request: Request) -> Runtime:

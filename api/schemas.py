@@ -128,6 +128,7 @@ class EventPublic(_Public):
     created_at: datetime
     received_at: datetime
     evidence: list[EvidencePublic] = []
+    escalated_at: datetime | None = None  # unacknowledged past its SLA (api.sla)
 
 
 class EventDetailPublic(EventPublic):

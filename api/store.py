@@ -98,6 +98,7 @@ class EventView:
     created_at: datetime
     received_at: datetime
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    escalated_at: datetime | None = None  # unacknowledged past its SLA (api.sla)
 
     @property
     def id(self) -> str:
@@ -296,6 +297,7 @@ class Store:
                 created_at=r.created_at,
                 received_at=r.received_at,
                 evidence=ev_rows[r.id],
+                escalated_at=r.escalated_at,
             )
             for r in rows
         ]

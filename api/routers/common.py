@@ -50,6 +50,7 @@ def event_public(view: EventView, rt: Runtime) -> EventPublic:
             "created_at": view.created_at,
             "received_at": view.received_at,
             "evidence": evidence_public(view.id, view.evidence),
+            "escalated_at": view.escalated_at,
         }
     )
 
