@@ -19,7 +19,16 @@ from api.store import Store
 from api.users import parse_scope
 from api.webhooks import targets_for
 from pipeline.config import WebhookConfig
-from tests.fixtures.api import CAMERAS, PASSWORD, WORKER, WORKER_KEY, iso, make_event, make_settings
+from tests.fixtures.api import (
+    CAMERAS,
+    OTHER_WORKER_KEY,
+    PASSWORD,
+    WORKER,
+    WORKER_KEY,
+    iso,
+    make_event,
+    make_settings,
+)
 
 HAIYI = "fangshan/xilu/haiyi"
 YUHUA = "fangshan/xilu/yuhua"
@@ -34,7 +43,10 @@ JPEG = b"\xff\xd8\xff\xe0" + b"grid-test" * 50 + b"\xff\xd9"
 
 def grid_settings(tmp_path: Path, **kw: Any) -> Settings:
     cams = CAMERAS + EXTRA_CAMERAS
-    keys = [WorkerKey(name="worker-1", key=SecretStr(WORKER_KEY), cameras=frozenset(c.id for c in cams))]
+    keys = [
+        WorkerKey(name="worker-1", key=SecretStr(WORKER_KEY), cameras=frozenset(c.id for c in cams)),
+        WorkerKey(name="worker-2", key=SecretStr(OTHER_WORKER_KEY), cameras=frozenset({"elsewhere"})),
+    ]
     return make_settings(tmp_path, cameras=cams, worker_keys=keys, **kw)
 
 
