@@ -440,7 +440,7 @@ def deliveries(
     status: DeliveryStatus | None = None,
     event_id: Annotated[str | None, Query(max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,  # SQLite INTEGER: an overflow was a 500
 ) -> DeliveryPagePublic:
     """The delivery log, newest first: each message per endpoint with its state, tries and last error."""
     items, nxt = list_deliveries(
