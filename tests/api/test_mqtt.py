@@ -3,6 +3,7 @@ and availability (with the Last Will), escalations; a broker that is down never 
 
 from __future__ import annotations
 
+import gc
 import json
 import queue
 import socket
@@ -143,7 +144,9 @@ def test_events_status_availability_and_escalations(tmp_path, mqtt_addr, prefix,
             # staff dispose: an update (the duplicate above was not published: this is the next message)
             r = client.post("/api/token", json={"username": "admin", "password": PASSWORD})
             admin = {"Authorization": f"Bearer {r.json()['access_token']}"}
-            r = client.post(f"/api/events/{ev['id']}/disposition", json={"action": "acknowledge"}, headers=admin)
+            r = client.post(
+                f"/api/events/{ev['id']}/disposition", json={"action": "acknowledge"}, headers=admin
+            )
             assert r.status_code == 200, r.text
             m = sub.event()
             assert m["type"] == "update"
@@ -187,6 +190,8 @@ def test_last_will_and_reconnect(mqtt_addr, prefix):
         pub.stop()
         sub.close()
     assert pub.connected is False
+    del pub
+    gc.collect()  # an unclosed socket would warn here (ResourceWarning is an error in this suite)
 
 
 def _dead_port() -> int:
@@ -218,6 +223,8 @@ def test_broker_down_never_blocks_and_drops_oldest(tmp_path):
             t0 = time.monotonic()
             assert client.post("/api/events", json=make_event(), headers=WORKER).status_code == 201
             assert time.monotonic() - t0 < 2
+    del pub, client
+    gc.collect()
 
 
 def test_disabled_or_absent_is_a_no_op():
