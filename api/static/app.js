@@ -231,6 +231,9 @@
       refreshSelected(d.event.id);
     });
     es.addEventListener("camera", function (m) { renderCamera(JSON.parse(m.data)); });
+    es.addEventListener("parking", function (m) {  // for panels.js (parking availability)
+      document.dispatchEvent(new CustomEvent("pingan:parking", { detail: JSON.parse(m.data) }));
+    });
     es.addEventListener("bye", function () { es.close(); setTimeout(connect, 3000); });
     window.pinganStream = es;
   }
