@@ -11,7 +11,7 @@
     "resolved": ["reopen"],
     "false_alarm": ["reopen"]
   };
-  var state = { me: null, events: new Map(), selected: null, cursor: null, cameras: new Map() };
+  var state = { me: null, events: new Map(), selected: null, cursor: null, cameras: new Map(), stations: [] };
   var $ = function (id) { return document.getElementById(id); };
 
   function el(tag, attrs, text) {
@@ -55,6 +55,10 @@
     tr.appendChild(el("td", {}, t("state." + ev.state)));
     var td = el("td");
     td.appendChild(el("span", { "class": "badge " + ev.disposition }, t("disp." + ev.disposition)));
+    if (ev.escalated_at) {  // unacknowledged past its SLA (api.sla)
+      td.appendChild(el("span", { "class": "badge escalated", "data-escalated": "1", title: fmtTime(ev.escalated_at) },
+        t("escalated")));
+    }
     tr.appendChild(td);
     if (ev.id === state.selected) tr.classList.add("selected");
     tr.addEventListener("click", function () { select(ev.id); });
@@ -136,6 +140,7 @@
     field(dl, "dwell", fmtDwell(ev.dwell_s));
     field(dl, "state", t("state." + ev.state));
     field(dl, "disposition", t("disp." + ev.disposition));
+    if (ev.escalated_at) field(dl, "escalated", fmtTime(ev.escalated_at));
     var plate = ev.object && ev.object.plate;
     if (plate) field(dl, "plate", plate.text);
     var evid = $("evidence");
@@ -211,20 +216,61 @@
     });
   }
 
+  /* ---- bin stations ---- */
+  function renderStations() {
+    var box = $("stations");
+    box.textContent = "";
+    state.stations.forEach(function (s) {
+      var tile = el("div", { "class": "station " + s.state, "data-station": s.camera_id + "/" + s.zone_id,
+        "data-state": s.state });
+      tile.appendChild(el("strong", {}, s.zone_id));
+      tile.appendChild(el("small", {}, s.camera_name || s.camera_id));
+      var line = t("station." + s.state);
+      if (s.event) line += " · " + t("severity") + " " + s.event.severity + " · " + fmtTime(s.event.started_at);
+      var st = el("small", {}, line);
+      if (s.event && s.event.escalated_at) st.appendChild(el("span", { "class": "badge escalated" }, t("escalated")));
+      tile.appendChild(st);
+      if (s.bin_ids.length) tile.appendChild(el("small", {}, t("bins") + " " + s.bin_ids.join(", ")));
+      if (s.event) tile.addEventListener("click", function () { select(s.event.id); });
+      box.appendChild(tile);
+    });
+    $("stations-panel").hidden = state.stations.length === 0;
+  }
+  var stationsTimer = null;
+  function loadStations() {
+    if (!state.me || state.me.role === "police") return Promise.resolve();
+    return api("/api/bin-stations").then(function (list) { state.stations = list; renderStations(); });
+  }
+  function stationsSoon() {  // coalesce a burst of bin events into one reload
+    if (stationsTimer) return;
+    stationsTimer = setTimeout(function () { stationsTimer = null; loadStations(); }, 300);
+  }
+
   /* ---- live ---- */
   function connect() {
     var es = new EventSource("/api/events/stream");
     var first = true;
     es.onopen = function () {
       $("conn").className = "conn up"; $("conn").setAttribute("data-i18n", "live"); $("conn").textContent = t("live");
-      if (!first) { loadList(true); loadCameras(); }  // catch up on what a reconnect missed
+      if (!first) { loadList(true); loadCameras(); loadStations(); }  // catch up on what a reconnect missed
       first = false;
     };
     es.onerror = function () {
       $("conn").className = "conn down"; $("conn").setAttribute("data-i18n", "offline");
       $("conn").textContent = t("offline");
     };
-    es.addEventListener("event", function (m) { upsert(JSON.parse(m.data), true); refreshSelected(JSON.parse(m.data).id); });
+    es.addEventListener("event", function (m) {
+      var ev = JSON.parse(m.data);
+      upsert(ev, true);
+      refreshSelected(ev.id);
+      if (ev.type === "bin_overflow") stationsSoon();
+    });
+    es.addEventListener("escalation", function (m) {
+      var d = JSON.parse(m.data);
+      upsert(d.event, false);
+      refreshSelected(d.event.id);
+      if (d.event.type === "bin_overflow") stationsSoon();
+    });
     es.addEventListener("disposition", function (m) {
       var d = JSON.parse(m.data);
       upsert(d.event, false);
@@ -245,6 +291,8 @@
     body.textContent = "";
     rows.forEach(function (id) { var ev = state.events.get(id); if (ev) body.appendChild(rowFor(ev)); });
     state.cameras.forEach(renderCamera);
+    renderStations();
+    if (state.me) $("who").textContent = state.me.username + " · " + t("role." + state.me.role);
     if (state.selected) select(state.selected);
   }
 
@@ -259,6 +307,6 @@
   api("/api/me").then(function (me) {
     state.me = me;
     $("who").textContent = me.username + " · " + t("role." + me.role);
-    return Promise.all([loadList(true), loadCameras()]);
+    return Promise.all([loadList(true), loadCameras(), loadStations()]);
   }).then(connect);
 })();
