@@ -9,11 +9,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from api.app import create_app
 from api.settings import settings_from_config
 from api.sla import escalate_due
 from pipeline.config import SlaRule, parse_config
+from tests.api.test_dashboard_browser import _login, browser  # noqa: F401 (browser: a fixture)
 from tests.api.test_live import _reader, _token
 from tests.fixtures.api import WORKER, TestClient, make_event, make_settings, start_live_server
 
@@ -103,3 +105,33 @@ cameras:
         assert "litter" in str(err) or "sla" in str(err)
     else:
         raise AssertionError("an unknown event type was accepted")
+
+
+@pytest.mark.browser
+def test_dashboard_shows_escalation_and_bin_station_live(tmp_path, api_users, browser):  # noqa: F811
+    from api.settings import BinStation
+
+    station = BinStation(
+        camera_id="bins-west", zone_id="station-1", bin_ids=["B-17"], grid="fangshan/dongcheng"
+    )
+    settings = _settings(tmp_path, sla_check_s=0.1, bin_stations=[station])
+    live = start_live_server(settings)
+    try:
+        errors: list[str] = []
+        page = _login(browser, live.url, "op", errors)
+        page.wait_for_selector('[data-station="bins-west/station-1"][data-state="clean"]')
+        with httpx.Client(base_url=live.url) as c:
+            ev = make_event()
+            assert c.post("/api/events", json=ev, headers=WORKER).status_code == 201
+            page.wait_for_selector(f'tr[data-event-id="{ev["id"]}"] [data-escalated]', timeout=5000)
+            assert page.text_content(f'tr[data-event-id="{ev["id"]}"] [data-escalated]') == "超时未确认"
+            b = make_event(type="bin_overflow", camera_id="bins-west", zone_id="station-1")
+            assert c.post("/api/events", json=b, headers=WORKER).status_code == 201
+            page.wait_for_selector(
+                '[data-station="bins-west/station-1"][data-state="overflow"]', timeout=5000
+            )
+        page.click("#lang")
+        assert page.text_content(f'tr[data-event-id="{ev["id"]}"] [data-escalated]') == "Overdue"
+        assert errors == []
+    finally:
+        live.stop()
