@@ -4,6 +4,8 @@ present."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,44 @@ def test_live_feed_filter_keeps_parking_from_police_and_other_grids():
     assert _filter(op_b)(msg) is True  # type: ignore[operator]
     assert _filter(op_c)(msg) is False  # type: ignore[operator]
     assert _filter(police)(msg) is False  # type: ignore[operator]
+
+
+@pytest.mark.browser
+def test_dashboard_parking_panel_live(live_api) -> None:  # type: ignore[no-untyped-def]
+    """The dashboard shows the lot with its free count, updates it from the live feed and draws the curve."""
+    import httpx
+
+    from tests.api.test_dashboard_browser import CHROMIUM, _login
+
+    errors: list[str] = []
+    now = datetime.now(UTC)
+    with httpx.Client(base_url=live_api.url, headers=WORKER) as worker:
+        for z in ("bay-1", "bay-2"):
+            r = worker.put(f"/api/parking/lot-a/{z}", json=bay(0, at=now - timedelta(hours=3)))
+            assert r.status_code == 204, r.text
+        assert (
+            worker.put("/api/parking/lot-a/bay-1", json=bay(1, at=now - timedelta(hours=1))).status_code
+            == 204
+        )
+    pw = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing (CI requires it)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    with pw.sync_playwright() as p:
+        br = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = _login(br, live_api.url, "op_haiyi", errors)
+            lot = page.wait_for_selector('[data-lot="lot-a"]', timeout=5000)
+            assert "1 / 2" in (lot.text_content() or "")
+            page.wait_for_selector("#parking-chart svg path.line", timeout=5000)
+            d = page.get_attribute("#parking-chart svg path.line", "d") or ""
+            assert d.startswith("M") and d.count("L") >= 2  # a step curve: 2 free, then 1
+            with httpx.Client(base_url=live_api.url, headers=WORKER) as worker:
+                assert worker.put("/api/parking/lot-a/bay-1", json=bay(0, at=now)).status_code == 204
+            page.wait_for_function(
+                "document.querySelector('[data-lot=\"lot-a\"]').textContent.includes('2 / 2')", timeout=3000
+            )
+        finally:
+            br.close()
+    assert errors == []
