@@ -249,7 +249,17 @@ def test_upgrade_from_0001_keeps_data(tmp_path):
             command.upgrade(cfg, "0001")
         s = Store(engine, tmp_path / "media")
         e = ev()
-        s.put_event(e)
+        # a row as the 0001 schema holds it (the Store reads and writes the latest schema's columns)
+        now = datetime.now(UTC)
+        with engine.begin() as c:
+            c.execute(
+                sa.insert(Base.metadata.tables["events"]).values(
+                    id=e.id, type=e.type.value, state=e.state.value, camera_id=e.camera_id, zone_id=e.zone_id,
+                    grid=e.grid, started_at=e.started_at, updated_at=e.updated_at, ended_at=e.ended_at,
+                    dwell_s=e.dwell_s, seq=e.seq, payload=e.to_wire(), disposition="new", created_at=now,
+                    received_at=now,
+                )
+            )  # fmt: skip
         migrate(engine)
         with engine.connect() as c:
             assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() >= "0002"
