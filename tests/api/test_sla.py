@@ -135,3 +135,21 @@ def test_dashboard_shows_escalation_and_bin_station_live(tmp_path, api_users, br
         assert errors == []
     finally:
         live.stop()
+
+
+def test_escalation_and_metrics_on_sqlite_and_postgres(any_db_settings):
+    from api.routers.metrics import render
+
+    settings = any_db_settings.model_copy(
+        update={"sla": {"illegal_parking": SlaRule(ack_within_s=60)}, "sla_check_s": 3600}
+    )
+    with TestClient(create_app(settings)) as client:
+        rt = client.app.state.pingan
+        ev = make_event()
+        assert client.post("/api/events", json=ev, headers=WORKER).status_code == 201
+        done = escalate_due(rt, now=datetime.now(UTC) + timedelta(minutes=2))
+        assert [e.view.id for e in done] == [ev["id"]]
+        assert done[0].view.escalated_at is not None
+        text = render(rt)
+        assert 'pingan_events_escalated{type="illegal_parking"} 1' in text
+        assert 'pingan_events{type="illegal_parking",state="open"} 1' in text
