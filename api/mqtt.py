@@ -74,6 +74,7 @@ class MqttPublisher:
         self.dropped = 0  # messages given up: the queue was full (oldest first) or paho's own queue was
         self.sent = 0
         self.connects = 0
+        self.bridged = 0  # live-feed subscriptions held by bridge(): not SSE clients (see /metrics)
         self._queue: deque[_Out] = deque()
         self._cond = threading.Condition()
         self._connected = False
@@ -282,6 +283,7 @@ async def bridge(
     they publish themselves) to MQTT, until ``stopping`` is set; what is queued then is still published."""
     sub = broadcaster.subscribe(own)
     sub.queue = asyncio.Queue(maxsize=max(publisher.queue_size, broadcaster.queue_size))
+    publisher.bridged += 1
     stop = asyncio.ensure_future(stopping.wait())
 
     def handle(msg: Message) -> None:
@@ -313,3 +315,4 @@ async def bridge(
         with contextlib.suppress(asyncio.CancelledError):
             await stop
         broadcaster.unsubscribe(sub)
+        publisher.bridged -= 1

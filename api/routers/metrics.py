@@ -104,7 +104,8 @@ def _escalated(rt: Runtime) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in c.execute(q)]
 
 
-def render(rt: Runtime, now: datetime | None = None) -> str:
+def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = False) -> str:
+    """The exposition. ``relay_subscribed``: the NATS live relay holds a subscription (not an SSE client)."""
     now = now or datetime.now(UTC)
     out = _Exposition()
     cams = [(row, camera_public(row, rt, now)) for row in rt.store.cameras()]
@@ -183,9 +184,8 @@ def render(rt: Runtime, now: datetime | None = None) -> str:
         "events escalated for staying unacknowledged past their SLA",
         [({"type": t}, n) for t, n in _escalated(rt)],
     )
-    out.family(
-        "pingan_sse_subscribers", "gauge", "open live-feed streams", [({}, rt.broadcaster.subscribers)]
-    )
+    sse = rt.broadcaster.subscribers - rt.mqtt.bridged - int(relay_subscribed)
+    out.family("pingan_sse_subscribers", "gauge", "open live-feed streams", [({}, max(sse, 0))])
     mq = rt.mqtt
     if mq.enabled:
         out.family(
@@ -205,5 +205,8 @@ def render(rt: Runtime, now: datetime | None = None) -> str:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(who: Scraper, rt: RuntimeDep) -> PlainTextResponse:
-    return PlainTextResponse(render(rt), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+def metrics(who: Scraper, rt: RuntimeDep, request: Request) -> PlainTextResponse:
+    consumer = getattr(request.app.state, "bus_consumer", None)
+    relay = getattr(consumer, "_relay_sub", None) is not None
+    text = render(rt, relay_subscribed=relay)
+    return PlainTextResponse(text, media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})

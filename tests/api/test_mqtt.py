@@ -155,6 +155,9 @@ def test_events_status_availability_and_escalations(tmp_path, mqtt_addr, prefix,
             # the generic publish other code uses (e.g. parking availability)
             assert client.app.state.pingan.mqtt.publish("parking/lot-1/free", 7, retain=True)
             assert sub.next("parking/lot-1/free")[0] == b"7"
+            text = client.get("/metrics", headers=admin).text
+            assert "pingan_mqtt_connected 1" in text and "pingan_mqtt_messages_dropped_total 0" in text
+            assert "pingan_sse_subscribers 0" in text  # the MQTT bridge's subscription is not a stream
         # the app stopped: "offline", retained
         assert sub.next("available", payload=b"offline")[0] == b"offline"
     finally:
