@@ -86,6 +86,7 @@ class EventFilter:
     grid: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    plate: str | None = None  # exact plate text, or a prefix ending in '*' (e.g. 京A*)
 
 
 @dataclass
@@ -329,6 +330,13 @@ class Store:
             where.append(t.c.started_at >= flt.since)
         if flt.until is not None:
             where.append(t.c.started_at < flt.until)
+        if flt.plate:
+            # JSON path works on SQLite (json_extract) and PostgreSQL (->>) alike.
+            plate = t.c.payload["object"]["plate"]["text"].as_string()
+            if flt.plate.endswith("*"):
+                where.append(plate.startswith(flt.plate[:-1], autoescape=True))
+            else:
+                where.append(plate == flt.plate)
         if cursor:
             ts, last_id = decode_cursor(cursor)
             where.append(or_(t.c.started_at < ts, and_(t.c.started_at == ts, t.c.id < last_id)))

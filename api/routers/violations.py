@@ -53,6 +53,9 @@ def list_violations(
     camera_id: Annotated[str | None, Query(max_length=64)] = None,
     zone_id: Annotated[str | None, Query(max_length=64)] = None,
     grid: Annotated[str | None, Query(max_length=520, pattern=r"^[A-Za-z0-9_/-]+$")] = None,
+    plate: Annotated[
+        str | None, Query(min_length=2, max_length=17, description="exact, or a prefix ending in *")
+    ] = None,
     closed_only: bool = False,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -70,6 +73,7 @@ def list_violations(
         state="closed" if closed_only else None,
         since=since,
         until=until,
+        plate=plate,
     )
     scope = Scope(cameras=who.scope.cameras, grids=who.scope.grids, types=frozenset({"illegal_parking"}))
     views, nxt = rt.store.list_events(flt, scope, limit, cursor)

@@ -131,3 +131,27 @@ def test_pack_of_bin_event_is_404(api_client, auth_headers):
     assert (
         api_client.get(f"/api/violations/{ev['id']}/pack", headers=auth_headers("police")).status_code == 404
     )
+
+
+def test_violations_filter_by_plate(api_client, auth_headers):
+    base = datetime.now(UTC) - timedelta(hours=1)
+    ids = {}
+    for i, text in enumerate(["京A12345", "京B00001", "沪C99999"]):
+        ev = make_event(start=base + timedelta(minutes=i))
+        ev["object"] = dict(ev["object"], plate={"text": text, "confidence": 0.9})
+        assert api_client.post("/api/events", json=ev, headers=WORKER).status_code == 201
+        ids[text] = ev["id"]
+    plain = make_event(start=base + timedelta(minutes=5))
+    plain["object"] = dict(plain["object"], plate=None)
+    assert api_client.post("/api/events", json=plain, headers=WORKER).status_code == 201
+    police = auth_headers("police")
+
+    def found(plate: str) -> list[str]:
+        r = api_client.get("/api/violations", params={"plate": plate}, headers=police)
+        assert r.status_code == 200, r.text
+        return [v["id"] for v in r.json()["items"]]
+
+    assert found("京B00001") == [ids["京B00001"]]
+    assert sorted(found("京*")) == sorted([ids["京A12345"], ids["京B00001"]])
+    assert found("粤Z*") == []
+    assert found("京%") == [] and found("京_*") == []  # SQL wildcards are plain characters
