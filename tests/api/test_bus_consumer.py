@@ -104,8 +104,16 @@ def consumer_info(cfg: BusConfig) -> Any:
 
 def test_bus_messages_are_stored_with_evidence_then_acked(tmp_path: Path, bus_cfg: BusConfig) -> None:
     jpg = b"\xff\xd8" + bytes(range(256)) * 400 + b"\xff\xd9"
-    body = make_event(evidence=[{"name": "scene-1.jpg", "taken_at": datetime.now(UTC).isoformat(),
-                                 "sha256": hashlib.sha256(jpg).hexdigest(), "kind": "scene"}])
+    body = make_event(
+        evidence=[
+            {
+                "name": "scene-1.jpg",
+                "taken_at": datetime.now(UTC).isoformat(),
+                "sha256": hashlib.sha256(jpg).hexdigest(),
+                "kind": "scene",
+            }
+        ]
+    )
     ev = Event.model_validate(body)
     upd = Event.model_validate(dict(body, seq=1, state="update", dwell_s=120.0))
     with replica(settings(tmp_path, bus_cfg)) as (client, _c), sink(bus_cfg) as snk:
@@ -117,8 +125,10 @@ def test_bus_messages_are_stored_with_evidence_then_acked(tmp_path: Path, bus_cf
         assert view.evidence[0]["stored"] is True
         found = store.get_evidence(ev.id, store_scope(), "scene-1.jpg")
         assert found is not None and found[1].read_bytes() == jpg
-        assert [(m["seq"], m["worker"]) for m in store.messages(ev.id)] == [(0, "nats:compound-7"),
-                                                                            (1, "nats:compound-7")]
+        assert [(m["seq"], m["worker"]) for m in store.messages(ev.id)] == [
+            (0, "nats:compound-7"),
+            (1, "nats:compound-7"),
+        ]
         info = wait_for(lambda: (i := consumer_info(bus_cfg)) and i.num_ack_pending == 0 and i, what="acks")
         assert info.num_pending == 0 and info.num_redelivered == 0
         assert str(info.config.ack_policy) in ("explicit", "AckPolicy.EXPLICIT")
@@ -185,8 +195,15 @@ def test_replicas_share_the_consumer_and_the_live_feed(tmp_path: Path, bus_cfg: 
 def test_camera_status_arrives_over_the_bus(tmp_path: Path, bus_cfg: BusConfig) -> None:
     with replica(settings(tmp_path, bus_cfg)) as (client, _c), sink(bus_cfg) as snk:
         store = client.app.state.pingan.store  # type: ignore[attr-defined]
-        payload = {"name": "东门", "state": "running", "fps": 1.0, "frames": 10, "last_frame_at": time.time(),
-                   "detections": 4, "outbox_depth": 0}
+        payload = {
+            "name": "东门",
+            "state": "running",
+            "fps": 1.0,
+            "frames": 10,
+            "last_frame_at": time.time(),
+            "detections": 4,
+            "outbox_depth": 0,
+        }
 
         def reported() -> bool:
             snk.put_status("gate-east", payload)
@@ -201,11 +218,17 @@ def test_a_durable_configured_by_an_operator_is_used_as_found(tmp_path: Path, bu
 
     async def precreate(_nc: Any, js: Any) -> None:  # e.g. a replay from a start time, another ack wait
         await bus.ensure_stream(js, bus_cfg.stream, bus_cfg.subject_prefix)
-        await js.add_consumer(bus_cfg.stream, ConsumerConfig(
-            durable_name="pingan-api", ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time="2026-01-01T00:00:00Z",
-            filter_subject=bus.events_filter(bus_cfg.subject_prefix),
-        ))
+        await js.add_consumer(
+            bus_cfg.stream,
+            ConsumerConfig(
+                durable_name="pingan-api",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time="2026-01-01T00:00:00Z",
+                filter_subject=bus.events_filter(bus_cfg.subject_prefix),
+            ),
+        )
 
     _run(bus_cfg.nats_url, precreate)
     ev = Event.model_validate(make_event())
