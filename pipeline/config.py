@@ -31,6 +31,18 @@ from pipeline.errors import ConfigError
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 GridPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,7}$")]
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(v: Any) -> Any:
+    """Fill ``${ENV}`` placeholders of a string field; a missing variable is a config error naming it."""
+    if not isinstance(v, str):
+        return v
+    for m in _ENV_RE.finditer(v):
+        if m.group(1) not in os.environ:
+            raise ValueError(f"environment variable {m.group(1)} is not set")
+    return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
+
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -229,12 +241,7 @@ class ApiConfig(_Strict):
     @field_validator("worker_key", "metrics_token", mode="before")
     @classmethod
     def _env(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            for m in _ENV_RE.finditer(v):
-                if m.group(1) not in os.environ:
-                    raise ValueError(f"environment variable {m.group(1)} is not set")
-            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
-        return v
+        return expand_env(v)
 
     @property
     def base_url(self) -> str:
@@ -261,13 +268,9 @@ class BusConfig(_Strict):
     @field_validator("nats_url", mode="before")
     @classmethod
     def _env(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            for m in _ENV_RE.finditer(v):
-                if m.group(1) not in os.environ:
-                    raise ValueError(f"environment variable {m.group(1)} is not set")
-            v = _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
-            if not v.startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ValueError("must be nats://, tls://, ws:// or wss:// URLs (comma-separated: a cluster)")
+        v = expand_env(v)
+        if isinstance(v, str) and not v.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError("must be nats://, tls://, ws:// or wss:// URLs (comma-separated: a cluster)")
         return v
 
 
@@ -290,12 +293,7 @@ class WebhookConfig(_Strict):
     @field_validator("url", "secret", mode="before")
     @classmethod
     def _env(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            for m in _ENV_RE.finditer(v):
-                if m.group(1) not in os.environ:
-                    raise ValueError(f"environment variable {m.group(1)} is not set")
-            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
-        return v
+        return expand_env(v)
 
     @field_validator("url")
     @classmethod
@@ -332,12 +330,7 @@ class MqttConfig(_Strict):
     @field_validator("username", "password", mode="before")
     @classmethod
     def _env(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            for m in _ENV_RE.finditer(v):
-                if m.group(1) not in os.environ:
-                    raise ValueError(f"environment variable {m.group(1)} is not set")
-            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
-        return v
+        return expand_env(v)
 
 
 class SiteConfig(_Strict):
