@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,8 @@ from pipeline.rules.base import RuleSignal, SignalKind
 # A still costs ~10 ms and ~150 KB; a stay of hours must not fill the disk.
 MAX_SCENE_STILLS = 6
 MAX_PLATE_READS = 4
+# Frames kept for bin stations' "before" stills: the last clean one is usually the one just before.
+RECENT_FRAMES = 3
 
 RULE_EVENT_TYPE = {"parking": EventType.ILLEGAL_PARKING, "bins": EventType.BIN_OVERFLOW}
 ZONE_NAMES_ZH = {
@@ -91,6 +94,8 @@ class IncidentBuilder:
         self.zones = {z.id: z for z in camera.zones}
         self._open: dict[str, _Incident] = {}
         self._lock = threading.Lock()
+        has_bins = any(z.type is ZoneType.BIN_STATION for z in camera.zones)
+        self._recent: deque[Frame] | None = deque(maxlen=RECENT_FRAMES) if has_bins else None
 
     # ---- signals ---------------------------------------------------------------------------------
 
@@ -103,8 +108,11 @@ class IncidentBuilder:
         inc = self._open.get(s.key)
         if s.kind is SignalKind.CANDIDATE:
             inc = self._open[s.key] = _Incident(s, self.zones[s.zone_id])
-            if s.snapshot:
-                self._still(inc, s, frame, "before" if s.rule == "bins" else "scene")
+            if s.snapshot and s.rule == "bins":
+                # The ideal "before" still is the last clean observation, which the rule names by ref_ts.
+                self._still(inc, s, self._recent_frame(s.ref_ts) or frame, "before")
+            elif s.snapshot:
+                self._still(inc, s, frame, "scene")
             return
         if inc is None:
             if s.kind is not SignalKind.OPEN:
@@ -134,6 +142,16 @@ class IncidentBuilder:
             del self._open[s.key]
 
     # ---- evidence ---------------------------------------------------------------------------------
+
+    def remember(self, frame: Frame) -> None:
+        """Keep the last few processed frames (bin stations only) for a "before" still chosen later."""
+        if self._recent is not None:
+            self._recent.append(frame)
+
+    def _recent_frame(self, ts: float | None) -> Frame | None:
+        if ts is None or self._recent is None:
+            return None
+        return next((f for f in reversed(self._recent) if abs(f.ts - ts) < 1e-6), None)
 
     def _caption(self, s: RuleSignal, zone: Zone, ts: float, plate: tuple[str, float] | None) -> list[str]:
         local = datetime.fromtimestamp(ts, self.tz)

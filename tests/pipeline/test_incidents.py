@@ -140,3 +140,27 @@ def test_bin_episode_has_before_and_after_and_bin_ids(sent: list) -> None:
     opened, closed = sent[0][0], sent[-1][0]
     assert opened.type is EventType.BIN_OVERFLOW and opened.bin_ids == ["B1", "B2"] and opened.bin_id == "B1"
     assert {e.kind for e in closed.evidence} == {"before", "after"}
+
+
+def test_bin_before_still_is_the_last_clean_frame(sent: list) -> None:
+    renderer = FakeRenderer()
+    b = IncidentBuilder(CFG.cameras[0], CFG.site, renderer, lambda e, f: sent.append((e, f)))
+    t0 = 1_700_000_000.0
+    clean = Frame(np.full((4, 4, 3), 7, np.uint8), ts=t0 - 1, index=1)
+    seen: list[object] = []
+    renderer.still = lambda image, caption, boxes: (seen.append(image), b"x")[1]  # type: ignore[method-assign]
+    b.remember(clean)
+    cand = RuleSignal(
+        kind=SignalKind.CANDIDATE,
+        rule="bins",
+        zone_id="station",
+        key="station#1",
+        ts=t0,
+        started_ts=t0,
+        dwell_s=0.0,
+        label="bin_overflow",
+        snapshot=True,
+        ref_ts=t0 - 1,
+    )
+    b.handle([cand], _frame(t0))
+    assert seen and seen[0] is clean.image
