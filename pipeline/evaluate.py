@@ -176,6 +176,17 @@ def dataset_images(data_yaml: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _progress(what: str, done: int, total: int) -> None:
+    """A one-line progress bar on stderr (long evaluations take minutes on a CPU box)."""
+    if total <= 0 or (done != total and done % max(1, total // 50)):
+        return
+    filled = round(30 * done / total)
+    sys.stderr.write(f"\r{what} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
 def run(
     model: str,
     data_yaml: Path,
@@ -212,7 +223,10 @@ def run(
         det.detect([im])
         times.append((time.perf_counter() - t0) * 1000)
     det.entry = operating.model_copy(update={"score_threshold": conf, "max_detections": 300})
-    preds = [d for im in images for d in det.detect([im])]
+    preds = []
+    for i, im in enumerate(images, 1):
+        preds.extend(det.detect([im]))
+        _progress("evaluating", i, len(images))
     ids = sorted({int(c) for c in class_map if c >= 0})
     names = [next(c for c, lid in zip(operating.classes, class_map, strict=True) if lid == i) for i in ids]
     res = evaluate(preds, truths, ids, names)
