@@ -60,14 +60,33 @@ def _messages(n_events: int, evidence_every: int, rng: random.Random) -> list[tu
         if evidence_every and i % evidence_every == 0:
             data = b"\xff\xd8" + rng.randbytes(20_000) + b"\xff\xd9"
             files["scene-1.jpg"] = data
-            evidence = [Evidence(name="scene-1.jpg", taken_at=start, sha256=hashlib.sha256(data).hexdigest(),
-                                 kind="scene")]
-        opened = Event(id=str(uuid7()), type=EventType.ILLEGAL_PARKING, state=EventState.OPEN,
-                       camera_id=CAMERAS[i % len(CAMERAS)], zone_id="z1", started_at=start,
-                       updated_at=start + timedelta(seconds=60), dwell_s=60.0, evidence=evidence)
+            evidence = [
+                Evidence(
+                    name="scene-1.jpg", taken_at=start, sha256=hashlib.sha256(data).hexdigest(), kind="scene"
+                )
+            ]
+        opened = Event(
+            id=str(uuid7()),
+            type=EventType.ILLEGAL_PARKING,
+            state=EventState.OPEN,
+            camera_id=CAMERAS[i % len(CAMERAS)],
+            zone_id="z1",
+            started_at=start,
+            updated_at=start + timedelta(seconds=60),
+            dwell_s=60.0,
+            evidence=evidence,
+        )
         end = start + timedelta(seconds=120)
-        closed = Event.model_validate({**opened.model_dump(), "state": "closed", "seq": 1, "ended_at": end,
-                                       "updated_at": end, "dwell_s": 120.0})
+        closed = Event.model_validate(
+            {
+                **opened.model_dump(),
+                "state": "closed",
+                "seq": 1,
+                "ended_at": end,
+                "updated_at": end,
+                "dwell_s": 120.0,
+            }
+        )
         out += [(opened, files), (closed, {})]
     return out
 
@@ -75,13 +94,17 @@ def _messages(n_events: int, evidence_every: int, rng: random.Random) -> list[tu
 def _config(tmp: Path, port: int, db_url: str, stream: str, prefix: str) -> Path:
     cams = "\n".join(f"  - {{id: {c}, name: {c}, source: {{path: none.mp4}}}}" for c in CAMERAS)
     path = tmp / f"api-{port}.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         site: {{id: bench, name: bench}}
         api: {{host: 127.0.0.1, port: {port}, worker_key: bench-worker-key-0123456789abcdef}}
-        storage: {{data_dir: {tmp / 'api-data'}, database_url: "{db_url}"}}
+        storage: {{data_dir: {tmp / "api-data"}, database_url: "{db_url}"}}
         bus: {{kind: nats, nats_url: "{NATS_URL}", stream: {stream}, subject_prefix: {prefix}}}
         cameras:
-        """) + cams + "\n")
+        """)
+        + cams
+        + "\n"
+    )
     return path
 
 
@@ -94,8 +117,15 @@ def _start_replicas(
         port = _free_port()
         cfg = _config(tmp, port, db_url, stream, prefix)
         log = open(tmp / f"api-{i}.log", "wb")  # noqa: SIM115 - the child keeps it
-        procs.append(subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api", "-c", str(cfg)], cwd=ROOT,
-                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "api", "-c", str(cfg)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         log.close()
         ports.append(port)
         if i == 0:  # the first replica migrates the schema; the others then start on it
@@ -169,7 +199,7 @@ def run(events: int, publishers: int, replicas: int, evidence_every: int) -> dic
         msgs = _messages(events, evidence_every, rng)
         shares: list[list[tuple[Event, dict[str, bytes]]]] = [[] for _ in range(publishers)]
         for k in range(0, len(msgs), 2):  # an event's open and closed go through one publisher, in order
-            shares[(k // 2) % publishers] += msgs[k:k + 2]
+            shares[(k // 2) % publishers] += msgs[k : k + 2]
         sinks = [NatsSink(NATS_URL, stream, prefix, f"compound-{i}") for i in range(publishers)]
         for s in sinks:  # connect (and create the stream); not timed
             s.put_status("warm-up", {"state": "running"})
@@ -207,8 +237,9 @@ def run(events: int, publishers: int, replicas: int, evidence_every: int) -> dic
         cpu = sum(tree_cpu_seconds(p.pid) for p in procs) - cpu0
         with engine.connect() as c:
             n_events = int(c.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
-            n_evidence = int(c.execute(sa.text("SELECT count(*) FROM evidence WHERE stored_at IS NOT NULL"))
-                             .scalar_one())
+            n_evidence = int(
+                c.execute(sa.text("SELECT count(*) FROM evidence WHERE stored_at IS NOT NULL")).scalar_one()
+            )
         engine.dispose()
         for s in sinks:
             s.close()
@@ -257,14 +288,20 @@ def main() -> None:
         "benchmark": "bus",
         "started_at": started,
         "command": " ".join(["python -m benchmarks.bench_bus", *sys.argv[1:]]),
-        "params": {"events": args.events, "publishers": args.publishers, "replicas": args.replicas,
-                   "evidence_every": args.evidence_every},
+        "params": {
+            "events": args.events,
+            "publishers": args.publishers,
+            "replicas": args.replicas,
+            "evidence_every": args.evidence_every,
+        },
         "result": result,
         "machine": info,
     }
     path = write_json(result_path("bus", args.out), payload)
-    note(f"{result['messages_per_s']:.0f} messages/s ({result['events_per_s']:.0f} events/s) end to end "
-         f"with {args.replicas} replica(s); wrote {path}")
+    note(
+        f"{result['messages_per_s']:.0f} messages/s ({result['events_per_s']:.0f} events/s) end to end "
+        f"with {args.replicas} replica(s); wrote {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -199,7 +199,10 @@ class Replica:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "api", "-c", str(self.config)],
-                cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
@@ -244,9 +247,12 @@ class SseReader(threading.Thread):
     def run(self) -> None:
         kind = None
         try:
-            with httpx.Client(timeout=httpx.Timeout(5.0, read=60.0)) as c, c.stream(
-                "GET", self.url + "/api/events/stream", headers={"Authorization": f"Bearer {self.token}"}
-            ) as resp:
+            with (
+                httpx.Client(timeout=httpx.Timeout(5.0, read=60.0)) as c,
+                c.stream(
+                    "GET", self.url + "/api/events/stream", headers={"Authorization": f"Bearer {self.token}"}
+                ) as resp,
+            ):
                 assert resp.status_code == 200
                 for line in resp.iter_lines():
                     self.connected.set()
@@ -272,8 +278,13 @@ def district(tmp_path: Path) -> Iterator[dict[str, Any]]:
         c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     proxy = Proxy(NATS)
     ctx: dict[str, Any] = {
-        "tag": tag, "stream": f"D{tag}", "prefix": f"d{tag}", "proxy": proxy,
-        "db_url": f"{base}?options=-csearch_path%3D{schema}", "tmp": tmp_path, "procs": [],
+        "tag": tag,
+        "stream": f"D{tag}",
+        "prefix": f"d{tag}",
+        "proxy": proxy,
+        "db_url": f"{base}?options=-csearch_path%3D{schema}",
+        "tmp": tmp_path,
+        "procs": [],
     }
     try:
         yield ctx
@@ -309,15 +320,19 @@ def _delete_streams(stream: str, prefix: str) -> None:
 
 def _config(ctx: dict[str, Any], name: str, port: int, nats_url: str) -> Path:
     cams = "\n".join(f"  - {{id: {c}, name: {c}, source: {{path: none.mp4}}}}" for c in CAMERAS)
-    text = textwrap.dedent(
-        f"""
+    text = (
+        textwrap.dedent(
+            f"""
         site: {{id: district, name: district-test}}
         api: {{host: 127.0.0.1, port: {port}, worker_key: {WORKER_KEY}}}
-        storage: {{data_dir: {ctx['tmp'] / 'api-data'}, database_url: "{ctx['db_url']}"}}
-        bus: {{kind: nats, nats_url: "{nats_url}", stream: {ctx['stream']}, subject_prefix: {ctx['prefix']}}}
+        storage: {{data_dir: {ctx["tmp"] / "api-data"}, database_url: "{ctx["db_url"]}"}}
+        bus: {{kind: nats, nats_url: "{nats_url}", stream: {ctx["stream"]}, subject_prefix: {ctx["prefix"]}}}
         cameras:
         """
-    ) + cams + "\n"
+        )
+        + cams
+        + "\n"
+    )
     path = ctx["tmp"] / f"{name}.yaml"
     path.write_text(text)
     return path
@@ -367,11 +382,21 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
     id_files = [tmp / f"ids-{i}.txt" for i in range(3)]
 
     def publisher(i: int) -> subprocess.Popen[bytes]:
-        args = [str(i), proxy.url, ctx["stream"], ctx["prefix"], str(tmp / f"outbox-{i}.db"),
-                str(id_files[i]), str(stop_file), str(RATE), ",".join(CAMERAS)]
+        args = [
+            str(i),
+            proxy.url,
+            ctx["stream"],
+            ctx["prefix"],
+            str(tmp / f"outbox-{i}.db"),
+            str(id_files[i]),
+            str(stop_file),
+            str(RATE),
+            ",".join(CAMERAS),
+        ]
         out = open(tmp / f"publisher-{i}.log", "ab")  # noqa: SIM115 - closed after the process ends
-        p = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=_env(), stdout=out,
-                             stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [sys.executable, str(script), *args], cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT
+        )
         out.close()
         ctx["procs"].append(p)
         return p
@@ -422,8 +447,10 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
             if done <= set(stored) and len(msgs) >= 2 * len(done):
                 break
             if time.monotonic() > deadline:
-                pytest.fail(f"{len(done - set(stored))} of {len(done)} events never stored\n"
-                            f"A:\n{a.tail()}\nB:\n{b.tail()}")
+                pytest.fail(
+                    f"{len(done - set(stored))} of {len(done)} events never stored\n"
+                    f"A:\n{a.tail()}\nB:\n{b.tail()}"
+                )
             time.sleep(0.5)
     finally:
         engine.dispose()

@@ -67,8 +67,13 @@ def event(
 ) -> Event:
     start = datetime.now(UTC) - timedelta(minutes=5)
     values: dict[str, Any] = {
-        "id": str(uuid7()), "type": "illegal_parking", "state": "open" if seq == 0 else "update",
-        "camera_id": camera, "started_at": start, "updated_at": start + timedelta(seconds=seq), "seq": seq,
+        "id": str(uuid7()),
+        "type": "illegal_parking",
+        "state": "open" if seq == 0 else "update",
+        "camera_id": camera,
+        "started_at": start,
+        "updated_at": start + timedelta(seconds=seq),
+        "seq": seq,
         "evidence": evidence or [],
     }
     values.update(kw)
@@ -121,10 +126,14 @@ def test_stream_is_file_backed_with_a_duplicate_window_and_ensured_idempotently(
 def test_evidence_goes_to_the_object_store_before_the_message(nbus: Bus) -> None:
     small, big = jpeg(50_000), jpeg(2_500_000, seed=7)  # big: 2.5 MB, over the 1 MB max_payload
     now = datetime.now(UTC)
-    ev = event(evidence=[
-        Evidence(name="scene-1.jpg", taken_at=now, sha256=hashlib.sha256(small).hexdigest(), kind="scene"),
-        Evidence(name="plate-1.jpg", taken_at=now, sha256=hashlib.sha256(big).hexdigest(), kind="plate"),
-    ])
+    ev = event(
+        evidence=[
+            Evidence(
+                name="scene-1.jpg", taken_at=now, sha256=hashlib.sha256(small).hexdigest(), kind="scene"
+            ),
+            Evidence(name="plate-1.jpg", taken_at=now, sha256=hashlib.sha256(big).hexdigest(), kind="plate"),
+        ]
+    )
     with nbus.sink() as sink:
         sink.send(ev, {"scene-1.jpg": small, "plate-1.jpg": big})
 
@@ -258,8 +267,12 @@ def test_bus_config_and_the_sink_it_picks(monkeypatch: pytest.MonkeyPatch) -> No
         assert "s3cret" not in nsink._masked
     finally:
         nsink.close()
-    for bad in ("bus: {kind: kafka}", "bus: {kind: nats, nats_url: 'http://h:4222'}",
-                "bus: {kind: nats, nats_url: 'nats://${UNSET_VAR_X}@h'}", "bus: {stream: 'a.b'}"):
+    for bad in (
+        "bus: {kind: kafka}",
+        "bus: {kind: nats, nats_url: 'http://h:4222'}",
+        "bus: {kind: nats, nats_url: 'nats://${UNSET_VAR_X}@h'}",
+        "bus: {stream: 'a.b'}",
+    ):
         with pytest.raises(ConfigError):
             parse_config(bad + "\n" + cams)
 
