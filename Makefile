@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pingan-installed
 CONFIG ?= cameras.yaml
 
-.PHONY: run test test-all lint typecheck bench system clean
+.PHONY: run test test-all check lint typecheck bench system clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,8 @@ test: system $(STAMP)
 
 test-all: system $(STAMP)
 	$(VENV)/bin/pytest -q --run-slow
+
+check: lint typecheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline api tests benchmarks models
