@@ -372,8 +372,12 @@ def users_add(
     password = os.environ.get("PINGAN_NEW_PASSWORD") or typer.prompt(
         "password", hide_input=True, confirmation_prompt=True
     )
-    add_user(settings_from_config(cfg), username, password, role, scope or [])
-    typer.echo(f"user {username} ({role}) added")
+    try:
+        created = add_user(settings_from_config(cfg), username, password, role, scope or [])
+    except ValueError as err:  # bad name, short password, unknown role or scope
+        typer.echo(f"users add: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"user {username} ({role}) {'added' if created else 'updated'}")
 
 
 # The benchmarks live in benchmarks/ (not on the runtime import path); their own argparse reads the options.

@@ -57,3 +57,70 @@ def test_models_eval_on_a_tiny_labelled_set(tmp_path: Path) -> None:
     out = pingan("models", "eval", "--model", "bins", "--data", str(tmp_path / "ds" / "data.yaml"))
     assert out.returncode == 0, out.stderr
     assert '"mAP50"' in out.stdout
+
+
+def test_users_add_then_the_user_can_sign_in(tmp_path: Path) -> None:
+    cfg = tmp_path / "cameras.yaml"
+    cfg.write_text(
+        f"storage: {{data_dir: {tmp_path / 'var'}}}\n"
+        'cameras: [{id: c1, name: C1, source: {url: "rtsp://127.0.0.1/x"}}]\n',
+        encoding="utf-8",
+    )
+    env = dict(os.environ, PINGAN_NEW_PASSWORD="a-long-enough-password")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "users",
+            "add",
+            "wang",
+            "--role",
+            "operator",
+            "--scope",
+            "c1",
+            "--config",
+            str(cfg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "user wang (operator) added" in out.stdout
+
+    from api.auth import verify_password
+    from api.db import make_engine
+    from api.settings import settings_from_config
+    from api.store import Store
+    from pipeline.config import load_config
+
+    settings = settings_from_config(load_config(cfg))
+    engine = make_engine(settings.database_url)
+    try:
+        user = Store(engine, settings.media_dir).user("wang")
+        assert user is not None and user["role"] == "operator"
+        assert verify_password(user["password_hash"], "a-long-enough-password")
+    finally:
+        engine.dispose()
+
+    weak = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "users",
+            "add",
+            "li",
+            "--role",
+            "operator",
+            "--config",
+            str(cfg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PINGAN_NEW_PASSWORD="short"),
+    )
+    assert weak.returncode != 0 and "Traceback" not in weak.stderr
