@@ -154,6 +154,21 @@ def _supervise(cfg: Config, camera_ids: list[str] | None, redactor: object, stop
     return sup
 
 
+def _wait_listening(server: object, thread: threading.Thread, cfg: Config, timeout_s: float = 60.0) -> None:
+    """uvicorn reports a port it cannot bind by ending its thread: say so and stop, not run headless."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not getattr(server, "started", False):
+        if not thread.is_alive():
+            log.error("the API cannot listen on %s:%d (is the port in use?)", cfg.api.host, cfg.api.port)
+            raise typer.Exit(1)
+        if time.monotonic() > deadline:
+            log.error("the API did not start within %.0f s", timeout_s)
+            raise typer.Exit(1)
+        time.sleep(0.05)
+
+
 @app.command()
 def run(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None:
     """Embedded default: the API and one worker per camera in this process."""
@@ -167,6 +182,7 @@ def run(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None
         server = _uvicorn_server(cfg)
         api_thread = threading.Thread(target=server.run, name="api", daemon=True)
         api_thread.start()
+        _wait_listening(server, api_thread, cfg)
         sup = _supervise(cfg, None, redactor, stop)
     except PinganError as err:
         log.error("%s", err)

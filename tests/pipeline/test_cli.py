@@ -124,3 +124,28 @@ def test_users_add_then_the_user_can_sign_in(tmp_path: Path) -> None:
         env=dict(os.environ, PINGAN_NEW_PASSWORD="short"),
     )
     assert weak.returncode != 0 and "Traceback" not in weak.stderr
+
+
+def test_run_with_the_api_port_taken_exits_with_a_clear_reason(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "cameras.yaml"
+        cfg.write_text(
+            f"api: {{host: 127.0.0.1, port: {port}}}\nstorage: {{data_dir: {tmp_path / 'var'}}}\n"
+            'cameras: [{id: c1, name: C1, source: {url: "rtsp://127.0.0.1:9/x"}}]\n',
+            encoding="utf-8",
+        )
+        env = dict(os.environ, PINGAN_ADMIN_PASSWORD="admin-password-123")
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
