@@ -11,7 +11,10 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from pipeline.config import Camera, SiteConfig, Zone, ZoneType
+from pipeline.detections import box_iou
 from pipeline.events import (
     Event,
     EventState,
@@ -23,6 +26,7 @@ from pipeline.events import (
     utc,
 )
 from pipeline.ids import uuid7
+from pipeline.journal import IncidentJournal, OpenIncident
 from pipeline.protocols import Frame
 from pipeline.rules.base import RuleSignal, SignalKind
 
@@ -31,6 +35,10 @@ MAX_SCENE_STILLS = 6
 MAX_PLATE_READS = 4
 # Frames kept for bin stations' "before" stills: the last clean one is usually the one just before.
 RECENT_FRAMES = 3
+# A stay seen after a restart continues a journalled event when its box overlaps the old one this much.
+RESUME_MIN_IOU = 0.3
+# How long past a zone's dwell + inertia a journalled event waits to be seen again before it is closed.
+RESUME_SLACK_S = 30.0
 
 RULE_EVENT_TYPE = {"parking": EventType.ILLEGAL_PARKING, "bins": EventType.BIN_OVERFLOW}
 ZONE_NAMES_ZH = {
@@ -68,6 +76,7 @@ class _Incident:
     plate_reads: int = 0
     plate: tuple[str, float] | None = None
     exempt: bool = False
+    origin_ts: float | None = None  # the start of an event resumed after a restart
 
 
 class IncidentBuilder:
@@ -82,6 +91,7 @@ class IncidentBuilder:
         model: ModelRef | None = None,
         request_plate: PlateRequest | None = None,
         vote: Callable[[list[tuple[str, float]]], tuple[str, float] | None] | None = None,
+        journal: IncidentJournal | None = None,
     ) -> None:
         self.camera = camera
         self.site = site
@@ -96,6 +106,16 @@ class IncidentBuilder:
         self._lock = threading.Lock()
         has_bins = any(z.type is ZoneType.BIN_STATION for z in camera.zones)
         self._recent: deque[Frame] | None = deque(maxlen=RECENT_FRAMES) if has_bins else None
+        self.journal = journal
+        # Open incidents of an earlier run of this camera, waiting for their stay to be seen again.
+        self._resumable: dict[str, OpenIncident] = {}
+        if journal is not None:
+            for prev in journal.load(camera.id):
+                if prev.zone_id in self.zones and prev.rule in RULE_EVENT_TYPE:
+                    self._resumable[prev.event_id] = prev
+                else:  # its zone was removed from the config: nothing will ever continue it
+                    journal.drop(camera.id, prev.event_id)
+        self._first_ts: float | None = None
 
     # ---- signals ---------------------------------------------------------------------------------
 
@@ -108,6 +128,7 @@ class IncidentBuilder:
         inc = self._open.get(s.key)
         if s.kind is SignalKind.CANDIDATE:
             inc = self._open[s.key] = _Incident(s, self.zones[s.zone_id])
+            self._resume(inc, s)
             if s.snapshot and s.rule == "bins":
                 # The ideal "before" still is the last clean observation, which the rule names by ref_ts.
                 self._still(inc, s, self._recent_frame(s.ref_ts) or frame, "before")
@@ -118,9 +139,12 @@ class IncidentBuilder:
             if s.kind is not SignalKind.OPEN:
                 return  # a close/update for an incident that started before this process: nothing to add to
             inc = self._open[s.key] = _Incident(s, self.zones[s.zone_id])
+            self._resume(inc, s)
         inc.signal = s
         if s.kind is SignalKind.CANCEL:
             del self._open[s.key]
+            if inc.event_id:  # a resumed event whose vehicle left before the new stay's threshold
+                self._send(inc, EventState.CLOSED, s)
             return
         if s.snapshot:
             kind = "after" if (s.kind is SignalKind.CLOSE and s.rule == "bins") else "scene"
@@ -131,7 +155,9 @@ class IncidentBuilder:
             if s.kind is SignalKind.CLOSE:
                 del self._open[s.key]
             return
-        if s.kind is SignalKind.OPEN:
+        if s.kind is SignalKind.OPEN and inc.event_id:  # resumed: the event is already open at the API
+            self._send(inc, EventState.UPDATE, s)
+        elif s.kind is SignalKind.OPEN:
             inc.event_id = str(uuid7(int(s.started_ts * 1000)))
             self._send(inc, EventState.OPEN, s)
         elif s.kind is SignalKind.UPDATE and inc.event_id:
@@ -143,10 +169,58 @@ class IncidentBuilder:
 
     # ---- evidence ---------------------------------------------------------------------------------
 
-    def remember(self, frame: Frame) -> None:
-        """Keep the last few processed frames (bin stations only) for a "before" still chosen later."""
+    def observe(self, frame: Frame) -> None:
+        """Called for every processed frame: keeps recent frames (bin stations' "before" stills) and closes
+        resumable incidents that were not seen again in time."""
         if self._recent is not None:
             self._recent.append(frame)
+        if self._first_ts is None:
+            self._first_ts = frame.ts
+        if self._resumable:
+            with self._lock:
+                self._expire(frame.ts)
+
+    def _resume(self, inc: _Incident, s: RuleSignal) -> None:
+        """Continue a journalled event of an earlier run when this stay is the same one (zone, box)."""
+        for prev in list(self._resumable.values()):
+            if prev.zone_id != s.zone_id or prev.rule != s.rule:
+                continue
+            if s.rule == "parking":
+                if prev.box_xyxy is None or s.box_xyxy is None:
+                    continue
+                iou = box_iou(np.array([prev.box_xyxy], np.float32), np.array([s.box_xyxy], np.float32))
+                if float(iou[0, 0]) < RESUME_MIN_IOU:
+                    continue
+            del self._resumable[prev.event_id]
+            inc.event_id, inc.seq, inc.origin_ts = prev.event_id, prev.seq, prev.started_ts
+            inc.evidence = [Evidence.model_validate(e) for e in prev.evidence]
+            inc.scene_count, inc.plate = prev.scene_count, prev.plate
+            return
+
+    def _expire(self, ts: float) -> None:
+        assert self._first_ts is not None
+        for prev in list(self._resumable.values()):
+            zone = self.zones[prev.zone_id]
+            if ts - self._first_ts < zone.dwell + zone.inertia_s + RESUME_SLACK_S:
+                continue
+            del self._resumable[prev.event_id]
+            # Not seen again: it ended while the worker was down, last seen at last_ts.
+            s = RuleSignal(
+                kind=SignalKind.CLOSE,
+                rule=prev.rule,
+                zone_id=prev.zone_id,
+                key=f"resumed:{prev.event_id}",
+                ts=ts,
+                started_ts=prev.started_ts,
+                dwell_s=max(prev.last_ts - prev.started_ts, 0.0),
+                label=prev.label,
+                box_xyxy=prev.box_xyxy,
+                severity=prev.severity,
+            )
+            inc = _Incident(s, zone, event_id=prev.event_id, seq=prev.seq, scene_count=prev.scene_count)
+            inc.evidence = [Evidence.model_validate(e) for e in prev.evidence]
+            inc.plate = prev.plate
+            self._send(inc, EventState.CLOSED, s)
 
     def _recent_frame(self, ts: float | None) -> Frame | None:
         if ts is None or self._recent is None:
@@ -225,7 +299,13 @@ class IncidentBuilder:
                 plate=plate,
             )
         # A close arrives inertia_s after the vehicle left; the stay itself ended at started + dwell.
-        ended = utc(max(s.started_ts + s.dwell_s, s.started_ts)) if state is EventState.CLOSED else None
+        stay_end = s.started_ts + max(s.dwell_s, 0.0) if state is EventState.CLOSED else s.ts
+        if inc.origin_ts is None:
+            started, dwell = s.started_ts, max(s.dwell_s, 0.0)
+        else:  # resumed after a restart: the stay began in the earlier run
+            started = inc.origin_ts
+            dwell = max(stay_end - started, 0.0)
+        ended = utc(max(stay_end, started)) if state is EventState.CLOSED else None
         event = Event(
             id=inc.event_id,
             type=RULE_EVENT_TYPE[s.rule],
@@ -234,10 +314,10 @@ class IncidentBuilder:
             zone_id=zone.id,
             bin_id=zone.bin_ids[0] if zone.bin_ids else None,
             bin_ids=list(zone.bin_ids),
-            started_at=utc(s.started_ts),
-            updated_at=utc(max(s.ts, s.started_ts)),
+            started_at=utc(started),
+            updated_at=utc(max(s.ts, started)),
             ended_at=ended,
-            dwell_s=round(max(s.dwell_s, 0.0), 1),
+            dwell_s=round(dwell, 1),
             severity=s.severity,
             object=obj,
             evidence=list(inc.evidence),
@@ -250,6 +330,27 @@ class IncidentBuilder:
         files, inc.pending_files = inc.pending_files, {}
         inc.seq += 1
         self.emit(event, files)
+        if self.journal is not None:
+            if state is EventState.CLOSED:
+                self.journal.drop(self.camera.id, inc.event_id)
+            else:
+                self.journal.save(
+                    OpenIncident(
+                        camera_id=self.camera.id,
+                        event_id=inc.event_id,
+                        rule=s.rule,
+                        zone_id=zone.id,
+                        started_ts=started,
+                        last_ts=s.ts,
+                        seq=inc.seq,
+                        label=s.label,
+                        box_xyxy=tuple(s.box_xyxy) if s.box_xyxy else None,  # type: ignore[arg-type]
+                        evidence=[e.model_dump(mode="json") for e in inc.evidence],
+                        scene_count=inc.scene_count,
+                        plate=inc.plate,
+                        severity=s.severity,
+                    )
+                )
 
     def open_keys(self) -> list[str]:
         with self._lock:

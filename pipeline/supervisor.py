@@ -18,6 +18,7 @@ from pipeline.events import Event, ModelRef
 from pipeline.health import CameraHealth
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
+from pipeline.journal import IncidentJournal
 from pipeline.plate_service import PlateService
 from pipeline.protocols import Detector, FrameSource
 from pipeline.redact import Redactor
@@ -99,6 +100,8 @@ class Supervisor:
         # The outbox outlives the workers at shutdown (it flushes what they left), so it has its own stop.
         self._outbox_stop = threading.Event()
         self.outbox = Outbox(data_dir / "outbox.db", self.sink, self._outbox_stop)  # type: ignore[arg-type]
+        # Open incidents survive a restart: a car still parked continues its event, not a second one.
+        self.journal = IncidentJournal(data_dir / "incidents.db")
         self.scheduler = InferenceScheduler(
             self.detectors, self.stop, threads=self.inference_threads, stuck_after_s=self.stuck_after_s
         )
@@ -114,6 +117,7 @@ class Supervisor:
                 model=ModelRef(name=det.name, sha256=det.sha256),
                 request_plate=None,
                 vote=self._vote(),
+                journal=self.journal,
             )
             if self.plates is not None:
                 builder.request_plate = self._plate_request(builder)
@@ -277,6 +281,7 @@ class Supervisor:
             # A read in flight sits in ONNX Runtime; left running at interpreter exit, it aborts the process.
             self.plates.join(max(0.5, min(4.0, deadline - time.monotonic())))
         self._status_thread.join(1.0)
+        self.journal.close()
         self.outbox.flush(max(0.1, deadline - time.monotonic()))
         self._outbox_stop.set()
         self.outbox.close(max(0.5, deadline - time.monotonic()))

@@ -161,7 +161,7 @@ class CameraWorker:
                     signals.extend(out)
             if signals:
                 self.builder.handle(signals, frame)
-            self.builder.remember(frame)
+            self.builder.observe(frame)
 
     def bay_states(self) -> dict[str, tuple[BayState, float]]:
         """The latest occupancy of each ``parking_bay`` zone, with the stream time it was measured."""

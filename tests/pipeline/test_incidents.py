@@ -149,7 +149,7 @@ def test_bin_before_still_is_the_last_clean_frame(sent: list) -> None:
     clean = Frame(np.full((4, 4, 3), 7, np.uint8), ts=t0 - 1, index=1)
     seen: list[object] = []
     renderer.still = lambda image, caption, boxes: (seen.append(image), b"x")[1]  # type: ignore[method-assign]
-    b.remember(clean)
+    b.observe(clean)
     cand = RuleSignal(
         kind=SignalKind.CANDIDATE,
         rule="bins",
@@ -164,3 +164,75 @@ def test_bin_before_still_is_the_last_clean_frame(sent: list) -> None:
     )
     b.handle([cand], _frame(t0))
     assert seen and seen[0] is clean.image
+
+
+def _stay(
+    kind: SignalKind, started: float, ts: float, box: tuple[float, float, float, float], key: str
+) -> RuleSignal:
+    return RuleSignal(
+        kind=kind,
+        rule="parking",
+        zone_id="lane",
+        key=key,
+        ts=ts,
+        started_ts=started,
+        dwell_s=ts - started,
+        label="vehicle",
+        track_id=1,
+        box_xyxy=box,
+        confidence=0.8,
+        snapshot=kind is not SignalKind.CLOSE,
+    )
+
+
+def test_restart_continues_the_same_event_instead_of_a_second_violation(tmp_path, sent: list) -> None:
+    from pipeline.journal import IncidentJournal
+
+    box = (10.0, 10.0, 50.0, 40.0)
+    t0 = 1_700_000_000.0
+    journal = IncidentJournal(tmp_path / "incidents.db")
+    first = _builder(sent, journal=journal)
+    for kind, dt in [(SignalKind.CANDIDATE, 0), (SignalKind.OPEN, 61), (SignalKind.UPDATE, 120)]:
+        first.handle([_stay(kind, t0, t0 + dt, box, "lane#1")], _frame(t0 + dt))
+    event_id = sent[0][0].id
+    journal.close()
+
+    # the worker restarts 10 minutes later; the car is still there: the rule sees a new stay
+    journal = IncidentJournal(tmp_path / "incidents.db")
+    second = _builder(sent, journal=journal)
+    t1 = t0 + 720
+    moved = (12.0, 11.0, 52.0, 41.0)
+    second.handle([_stay(SignalKind.CANDIDATE, t1, t1, moved, "lane#1")], _frame(t1))
+    second.handle([_stay(SignalKind.OPEN, t1, t1 + 61, moved, "lane#1")], _frame(t1 + 61))
+    second.handle([_stay(SignalKind.CLOSE, t1, t1 + 200, moved, "lane#1")], _frame(t1 + 200))
+    later = [e for e, _ in sent[2:]]
+    assert [e.state for e in later] == [EventState.UPDATE, EventState.CLOSED]
+    assert {e.id for e in later} == {event_id}, "one violation per stay, across the restart"
+    assert [e.seq for e, _ in sent] == [0, 1, 2, 3]
+    assert later[-1].started_at.timestamp() == t0 and later[-1].dwell_s == 920.0
+    names = [e.name for e in later[-1].evidence]
+    assert len(names) == len(set(names)) and {"scene-1.jpg", "scene-2.jpg", "scene-3.jpg"} <= set(names)
+    assert journal.load("cam") == []
+    journal.close()
+
+
+def test_unclaimed_journalled_event_is_closed_as_of_last_seen(tmp_path, sent: list) -> None:
+    from pipeline.journal import IncidentJournal
+
+    t0 = 1_700_000_000.0
+    journal = IncidentJournal(tmp_path / "incidents.db")
+    first = _builder(sent, journal=journal)
+    box = (10.0, 10.0, 50.0, 40.0)
+    first.handle([_stay(SignalKind.OPEN, t0, t0 + 61, box, "lane#1")], _frame(t0 + 61))
+    first.handle([_stay(SignalKind.UPDATE, t0, t0 + 90, box, "lane#1")], _frame(t0 + 90))
+    second = _builder(sent, journal=journal)
+    t1 = t0 + 3600
+    zone = CFG.cameras[0].zones[0]
+    wait = zone.dwell + zone.inertia_s + 30
+    for k in range(0, int(wait) + 10, 5):  # the place stays empty after the restart
+        second.observe(_frame(t1 + k))
+    closed = sent[-1][0]
+    assert closed.state is EventState.CLOSED and closed.id == sent[0][0].id and closed.seq == 2
+    assert closed.ended_at is not None and closed.ended_at.timestamp() == t0 + 90
+    assert len(sent) == 3 and journal.load("cam") == []
+    journal.close()
