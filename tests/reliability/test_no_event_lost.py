@@ -1,9 +1,8 @@
 """No event lost (real processes, real Outbox + HttpSink, real API over HTTP on SQLite):
 
-- the API is stopped for ~40 s (the issue's 10 minutes, scaled down: the outbox neither knows nor cares how
-  long the outage is, only how many messages pile up, and here they pile up past the alarm) while 3 worker
-  processes emit events, and one worker is SIGKILLed twice; afterwards every message put is stored exactly
-  once (set equality on (id, seq)), and the outbox alarm fired before the spool was full;
+- the API is stopped for 10 minutes under CI (OUTAGE_S; locally only until the backlog has piled up past the
+  outbox alarm) while 3 worker processes emit events, and one worker is SIGKILLed twice; afterwards every
+  message put is stored exactly once (set equality on (id, seq)), and the alarm fired before the spool filled;
 - the API is SIGKILLed while clients post events: every message it acknowledged with 2xx is there after the
   restart.
 """
@@ -101,7 +100,13 @@ def _read_log(path: Path) -> tuple[set[tuple[str, int]], set[tuple[str, int]], b
     return tried, put, emitted
 
 
+# The issue's bar is a 10-minute outage; CI runs it in full, a developer's run (no CI=true) keeps the API down
+# only until the backlog has piled up. PINGAN_OUTAGE_S overrides either.
+OUTAGE_S = float(os.environ.get("PINGAN_OUTAGE_S", "600" if os.environ.get("CI") == "true" else "0"))
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(OUTAGE_S + 600)
 def test_api_down_and_worker_killed_twice_every_event_stored_once(api: Api, tmp_path: Path) -> None:
     count, rate, max_items = 1050, 30.0, 1150  # alarm at 920; ~1000 pile up while the API is down
     work = tmp_path / "workers"
@@ -132,6 +137,10 @@ def test_api_down_and_worker_killed_twice_every_event_stored_once(api: Api, tmp_
         while not all(_read_log(work / f"{c}.log")[2] for c in CAMERAS):
             assert time.monotonic() < deadline, "workers did not finish emitting"
             time.sleep(0.5)
+        while time.monotonic() - t_down < OUTAGE_S:
+            for cam, p in procs.items():  # the workers keep retrying the whole time, none gives up
+                assert p.poll() is None, (work / f"{cam}.out").read_text()[-2000:]
+            time.sleep(1.0)
         down_s = time.monotonic() - t_down
         api.start()
         t_up = time.monotonic()
