@@ -12,7 +12,7 @@ from api.auth import Principal
 from api.broadcast import CLOSE, Message
 from api.runtime import RuntimeDep
 
-from .common import Reader
+from .common import Staff
 
 router = APIRouter(prefix="/api", tags=["live"])
 
@@ -29,7 +29,7 @@ def _filter(who: Principal) -> object:
 
 
 @router.get("/events/stream", response_class=StreamingResponse)
-async def stream(who: Reader, rt: RuntimeDep) -> StreamingResponse:
+async def stream(who: Staff, rt: RuntimeDep) -> StreamingResponse:
     bc = rt.broadcaster
     sub = bc.subscribe(_filter(who))  # type: ignore[arg-type]
     heartbeat = rt.settings.sse_heartbeat_s

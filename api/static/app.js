@@ -308,5 +308,12 @@
     state.me = me;
     $("who").textContent = me.username + " · " + t("role." + me.role);
     return Promise.all([loadList(true), loadCameras(), loadStations()]);
-  }).then(connect);
+  }).then(function () {
+    // The live feed is the security room's: police pull violations (list, packs), they never get the feed.
+    if (state.me && state.me.role === "police") {
+      $("conn").className = "conn down"; $("conn").setAttribute("data-i18n", "nolive"); $("conn").textContent = t("nolive");
+      return;
+    }
+    connect();
+  });
 })();

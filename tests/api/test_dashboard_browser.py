@@ -52,7 +52,7 @@ def _png() -> bytes:
     )
 
 
-def _login(browser, url: str, user: str, errors: list[str]):  # type: ignore[no-untyped-def]
+def _login(browser, url: str, user: str, errors: list[str], live: bool = True):  # type: ignore[no-untyped-def]
     page = browser.new_context(locale="zh-CN").new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -62,7 +62,8 @@ def _login(browser, url: str, user: str, errors: list[str]):  # type: ignore[no-
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(url + "/")
-    page.wait_for_selector("#conn.up", timeout=5000)
+    if live:
+        page.wait_for_selector("#conn.up", timeout=5000)
     return page
 
 
@@ -135,3 +136,16 @@ def test_live_event_and_disposition(browser, live_api: LiveServer) -> None:
     assert page.text_content("h1") == "Pingan · Video analytics"
     assert errors == []
     page.close()
+
+
+def test_police_cannot_open_the_live_feed(browser, live_api: LiveServer) -> None:
+    errors: list[str] = []
+    page = _login(browser, live_api.url, "police", errors, live=False)
+    page.wait_for_function(
+        "() => document.querySelector('#conn').textContent === '无实时推送'", timeout=15000
+    )
+    assert page.evaluate("() => window.pinganStream === undefined")
+    # and the feed itself refuses a police session, even when asked directly
+    status = page.evaluate("() => fetch('/api/events/stream').then(r => r.status)")
+    assert status == 403
+    assert not [e for e in errors if "403" not in e and "Failed to load resource" not in e], errors
