@@ -67,7 +67,7 @@ class CameraWorker:
         camera: Camera,
         site: SiteConfig,
         scheduler: InferenceScheduler,
-        builder: IncidentBuilder,
+        builder: IncidentBuilder | None,
         stop: threading.Event,
         source_factory: SourceFactory,
         rules: list[Rule] | None = None,
@@ -159,9 +159,10 @@ class CameraWorker:
                     self._bays[rule.zone.id] = (out, frame.ts)  # type: ignore[attr-defined]
                 else:
                     signals.extend(out)
-            if signals:
-                self.builder.handle(signals, frame)
-            self.builder.observe(frame)
+            if self.builder is not None:  # a camera with parking bays only has no incidents to build
+                if signals:
+                    self.builder.handle(signals, frame)
+                self.builder.observe(frame)
 
     def bay_states(self) -> dict[str, tuple[BayState, float]]:
         """The latest occupancy of each ``parking_bay`` zone, with the stream time it was measured."""
