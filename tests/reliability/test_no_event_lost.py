@@ -25,6 +25,7 @@ import pytest
 
 from tests.fixtures.api import WORKER, make_event
 from tests.fixtures.api import _free_port as free_port
+from tests.reliability._procs import OUTAGE_S
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,6 @@ def _read_log(path: Path) -> tuple[set[tuple[str, int]], set[tuple[str, int]], b
 
 # The bar is a 10-minute outage; CI runs it in full, a developer's run (no CI=true) keeps the API down
 # only until the backlog has piled up. PINGAN_OUTAGE_S overrides either.
-OUTAGE_S = float(os.environ.get("PINGAN_OUTAGE_S", "600" if os.environ.get("CI") == "true" else "0"))
 
 
 @pytest.mark.slow
