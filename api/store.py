@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import os
@@ -421,48 +420,6 @@ class Store:
                 evidence_t.c.stored_at.is_not(None)
             )
             return int(c.execute(q).scalar_one())
-
-    def prune_media(self, max_bytes: int, batch: int = 200) -> tuple[int, int]:
-        """Retention: while stored evidence exceeds ``max_bytes``, delete the files of the oldest events
-        first (rows stay, marked not stored; events and the audit log are kept). Returns (files, bytes)."""
-        usage = self.media_usage()
-        files = freed = 0
-        while usage > max_bytes:
-            q = (
-                select(evidence_t.c.event_id, evidence_t.c.name, evidence_t.c.size)
-                .join(events_t, events_t.c.id == evidence_t.c.event_id)
-                .where(evidence_t.c.stored_at.is_not(None))
-                .order_by(events_t.c.started_at, events_t.c.id, evidence_t.c.name)
-                .limit(batch)
-            )
-            with self._read() as c:
-                rows = list(c.execute(q))
-            if not rows:
-                break
-            for r in rows:
-                if usage <= max_bytes:
-                    break
-                path = self.evidence_path(r.event_id, r.name)
-                with self._write() as c:
-                    c.execute(
-                        update(evidence_t)
-                        .where(evidence_t.c.event_id == r.event_id, evidence_t.c.name == r.name)
-                        .values(stored_at=None, path=None)
-                    )
-                path.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    path.parent.rmdir()  # only when empty
-                size = int(r.size or 0)
-                usage -= size
-                freed += size
-                files += 1
-        if files:
-            self.audit(
-                "retention", "admin", "prune_media", "media", "*", remark=f"{files} files, {freed} bytes"
-            )
-        return files, freed
-
-    # ---- cameras --------------------------------------------------------------------------------
 
     def sync_cameras(self, cameras: Sequence[CameraInfo]) -> None:
         with self._write() as c:

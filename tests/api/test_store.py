@@ -203,37 +203,6 @@ def test_http_roundtrip(any_db_settings):
         assert client.get("/healthz").json()["database"] is True
 
 
-def test_prune_media_keeps_newest_under_cap(store):
-    base = datetime.now(UTC) - timedelta(hours=3)
-    ids = []
-    for i in range(4):
-        data = bytes([i]) * 1000
-        e = ev(
-            start=base + timedelta(minutes=i),
-            evidence=[
-                {
-                    "name": "scene-1.jpg",
-                    "taken_at": iso(base + timedelta(minutes=i)),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "kind": "scene",
-                }
-            ],
-        )
-        store.put_event(e)
-        store.put_evidence(e.id, "scene-1.jpg", data)
-        ids.append(e.id)
-    assert store.media_usage() == 4000
-    assert store.prune_media(2500) == (2, 2000)
-    assert store.media_usage() == 2000
-    stored = [store.get_evidence(i, Scope(), "scene-1.jpg") is not None for i in ids]
-    assert stored == [False, False, True, True]
-    assert not (store.media_dir / ids[0]).exists()
-    assert store.prune_media(2500) == (0, 0)
-    assert [h["action"] for h in store.history("media", "*")] == ["prune_media"]
-    view = store.get_event(ids[0])
-    assert view is not None and view.evidence[0]["stored"] is False
-
-
 def test_upgrade_from_0001_keeps_data(tmp_path):
     from alembic import command
     from alembic.config import Config as AlembicConfig
