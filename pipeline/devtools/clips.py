@@ -74,8 +74,11 @@ def make_clip(
     gop: int | None = None,
     scene_fn: SceneFn = parking_scene,
     profile: str = "main",
+    deblock: bool = False,
 ) -> Path:
-    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, no B-frames, fixed GOP); return its path."""
+    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, no B-frames, fixed GOP); return its path.
+
+    ``deblock`` turns H.264's in-loop deblocking filter back on (ultrafast leaves it off; cameras use it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     gop = gop or fps
@@ -91,7 +94,8 @@ def make_clip(
                 "tune": "zerolatency",
                 # ultrafast alone gives Constrained Baseline; main turns CABAC back on (as most cameras send)
                 "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"
-                + (":cabac=1" if profile != "baseline" else ""),
+                + (":cabac=1" if profile != "baseline" else "")
+                + (":deblock=0,0" if deblock else ""),
             },
         )
         st.width, st.height = size
