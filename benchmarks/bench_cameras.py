@@ -49,7 +49,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,7 @@ class TrialSpec:
     n: int
     urls: list[str]
     duration_s: float = 20.0
-    max_latency_s: float = 3.0
+    max_latency_s: float = 2.0
     target_fps: float = 1.0
     model: str = "vehicles"
     models_dir: str = str(ROOT / "models")
@@ -768,7 +768,7 @@ def trial_main(spec_json: str) -> int:
 class Options:
     quick: bool = False
     duration_s: float = 20.0
-    max_latency_s: float = 3.0
+    max_latency_s: float = 2.0  # the issue's target: p95 frame-to-event ≤ 2 s
     target_fps: float = 1.0
     max_n: int = 96
     start_n: int = 8
@@ -804,7 +804,10 @@ class Runner:
     def urls(self, prefix: str, n: int) -> list[str]:
         return [f"{self.server.url}/{prefix}{i}" for i in range(n)]
 
-    def trial(self, mode: str, n: int, *, clip: str = "s", label: str = "", **kw: Any) -> dict[str, Any]:
+    def trial(
+        self, mode: str, n: int, *, clip: str = "s", label: str = "", processes: int = 1, **kw: Any
+    ) -> dict[str, Any]:
+        """One configuration; ``processes`` sub-processes share the N cameras (a detector each), at once."""
         o = self.opts
         spec = TrialSpec(
             mode=mode,
@@ -823,26 +826,29 @@ class Runner:
         log = self.log_dir / f"trial-{len(self.rows):02d}-{spec.label}-{n}.log"
         srv_c0, t0 = cpu_seconds(self.server.pid), time.monotonic()
         busy0 = _proc_stat()
+        k = max(1, min(processes, n))
+        parts = [replace(spec, n=len(urls), urls=urls) for urls in (spec.urls[i::k] for i in range(k))]
         cmd = [sys.executable, "-m", "benchmarks.bench_cameras", "--trial", "-"]  # the spec on stdin
         timeout = spec.warmup_max_s + 0.2 * n + spec.duration_s + spec.max_latency_s + 60
         with log.open("w") as err:
-            try:
-                r = subprocess.run(
-                    cmd,
-                    cwd=ROOT,
-                    input=json.dumps(asdict(spec)),
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    text=True,
-                    timeout=timeout,
+            procs = [
+                subprocess.Popen(
+                    cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
                 )
-                out = r.stdout
-            except subprocess.TimeoutExpired as exc:
-                out = exc.stdout if isinstance(exc.stdout, str) else ""
+                for _ in parts
+            ]
+            outs = [
+                _communicate(p, json.dumps(asdict(part)), timeout)
+                for p, part in zip(procs, parts, strict=True)
+            ]
         wall = time.monotonic() - t0
-        lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_PREFIX)]
-        if lines:
-            row = json.loads(lines[-1][len(RESULT_PREFIX) :])
+        got = []
+        for out in outs:
+            lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_PREFIX)]
+            if lines:
+                got.append(json.loads(lines[-1][len(RESULT_PREFIX) :]))
+        if len(got) == k:
+            row = got[0] if k == 1 else _merge_rows(spec, got)
         else:
             tail = log.read_text(errors="replace")[-800:]
             row = {"mode": mode, "label": spec.label, "n": n, "keeps_up": False, "error": tail}
@@ -899,7 +905,7 @@ class Runner:
 
     def levers(self, n: int) -> list[dict[str, Any]]:
         """Rows at a fixed N, each changing one thing against the pingan default."""
-        from pipeline.manifest import model_entry
+        from pipeline.manifest import load_manifest, model_entry
 
         o = self.opts
         rows: list[dict[str, Any]] = []
@@ -933,15 +939,18 @@ class Runner:
         )
         lever("intra_threads_2", "ORT intra-op threads 2 (per session)", intra_threads=2)
         lever("spinning_on", "ORT intra-op thread spinning allowed (intra 2)", intra_threads=2, spinning=True)
+        lever("processes_2", "process layout: 2 processes × N/2 cameras, a detector each", processes=2)
         self._api_lever(lever, n)
         lever("street_gate_off", "street clip (pedestrians cross a zone), static-scene gate off", gate=False)
-        rows.append(
-            {
-                "lever": "input_size",
-                "skipped": f"manifest lists one input size for {o.model!r} "
-                f"({entry.input.width}×{entry.input.height}, fixed in the ONNX graph)",
-            }
-        )
+        # The same weights at NanoDet's training size (models/build_nanodet.py --input-size 320);
+        # agreement with the 416 model: benchmarks/bench_input_size.py.
+        small = f"{o.model}-320"
+        if small in load_manifest(ROOT / "models").models:
+            base = f"{entry.input.width}×{entry.input.height}"
+            what = f"model {small!r}: same weights at 320×320 (baseline {base})"
+            lever("input_size_320", what, model=small)
+        else:
+            rows.append({"lever": "input_size", "skipped": f"manifest has no {small!r} entry"})
         return rows
 
     def _api_lever(self, lever: Any, n: int) -> None:
@@ -963,6 +972,66 @@ class Runner:
         finally:
             api.stop()
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _communicate(proc: subprocess.Popen[str], stdin: str, timeout_s: float) -> str:
+    try:
+        out, _ = proc.communicate(stdin, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+def _merge_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for N cameras split over processes: summed CPU and memory, the worst camera's rate, and the
+    worst process's latency percentiles (the union's percentiles are not recoverable: conservative)."""
+    n = sum(r["n"] for r in rows)
+    rates = [r["results_per_s_per_camera"] for r in rows]
+    lat = [r["latency_s"] for r in rows]
+
+    def worst(key: str) -> float | None:
+        vals = [v[key] for v in lat if v.get(key) is not None]
+        return max(vals) if vals else None
+
+    cores = sum(r["cpu_cores"] for r in rows)
+    rss_end = sum(r["rss_mib"]["end"] for r in rows)
+    rss_model = sum(r["rss_mib"]["after_model"] for r in rows)
+    return {
+        **rows[0],
+        "label": spec.label,
+        "n": n,
+        "processes": len(rows),
+        "keeps_up": all(r["keeps_up"] for r in rows),
+        "results_per_s_per_camera": {
+            "min": min(x["min"] for x in rates),
+            "mean": sum(x["mean"] * r["n"] for x, r in zip(rates, rows, strict=True)) / n,
+            "max": max(x["max"] for x in rates),
+        },
+        "cpu_cores": cores,
+        "cpu_cores_per_camera": cores / n,
+        "latency_s": {
+            "p50": worst("p50"),
+            "p95": worst("p95"),
+            "max": worst("max"),
+            "samples": sum(v["samples"] for v in lat),
+            "merged": "worst process's percentiles",
+        },
+        "inference_calls": sum(r["inference_calls"] for r in rows),
+        "gated": sum(r["gated"] for r in rows),
+        "gated_fraction": sum(r["gated"] for r in rows)
+        / max(1, sum(r["gated"] + r["inference_calls"] for r in rows)),
+        "dropped_frames": sum(r["dropped_frames"] for r in rows),
+        "rss_mib": {
+            "start": sum(r["rss_mib"]["start"] for r in rows),
+            "after_model": rss_model,
+            "end": rss_end,
+            "peak": sum(r["rss_mib"]["peak"] for r in rows),
+            "per_camera": (rss_end - rss_model) / n,
+            "per_process_model": rss_model / len(rows),
+        },
+        "events": sum(r.get("events", 0) for r in rows),
+    }
 
 
 def _proc_stat() -> tuple[int, int]:

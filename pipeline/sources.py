@@ -365,8 +365,6 @@ class Source:
 
     def _pump(self, container: Any) -> bool:
         stream = container.streams.video[0]
-        cc = stream.codec_context
-        cc.thread_count = 1
         tb = float(stream.time_base)
         rate = stream.guessed_rate or stream.average_rate
         frame_iv = 1.0 / float(rate) if rate else 0.04
@@ -392,9 +390,8 @@ class Source:
         bad = 0  # decode errors in a row
         if key_iv is not None:  # a looping file's next pass already knows
             full = period < 0.9 * key_iv
-        if not full:
-            cc = self._decoder(stream, full)
-        cc.skip_frame = "DEFAULT" if full else "NONKEY"
+        # our own decoder, never the stream's: a replaced one is then freed with its frame pool
+        cc = self._decoder(stream, full)
         for pkt in container.demux(stream):
             if stopping():
                 break

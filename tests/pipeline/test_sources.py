@@ -167,7 +167,7 @@ def test_fast_keyframes_skip_deblocking_and_stay_faithful(
         fast = list(src.frames())
     with Source(clip, detect_fps=1.0, loop=False, realtime=False, fast_keyframes=False) as src:
         exact = list(src.frames())
-    assert {(fast_, full) for fast_, full, _ in made} == {(True, False), (False, False)}
+    assert {(True, False), (False, False)} <= {(fast_, full) for fast_, full, _ in made}
     for fast_, full, options in made:
         assert (options.get("skip_loop_filter") == "all") is (fast_ and not full)
     keyed = [(a, b) for a, b in zip(fast, exact, strict=True) if a.keyframe and b.keyframe]
