@@ -53,6 +53,11 @@ class Broadcaster:
     def subscribers(self) -> int:
         return len(self._subs)
 
+    @property
+    def listening(self) -> bool:
+        """Whether a published message would reach anyone (callers may skip building it otherwise)."""
+        return bool(self._subs) and self._loop is not None and not self.closed
+
     def subscribe(self, accept: Callable[[Message], bool] = lambda _m: True) -> Subscription:
         sub = Subscription(queue=asyncio.Queue(maxsize=self.queue_size), accept=accept)
         if self.closed:

@@ -101,8 +101,9 @@ def require_content_type(request: Request, *accepted: str) -> None:
         raise UnsupportedMediaType("only UTF-8 bodies are accepted")
 
 
-async def json_body(request: Request, model: type[M]) -> M:
-    """Strict JSON body: 415 wrong type, 400 not UTF-8 / not JSON (NaN, Infinity refused), 422 invalid."""
+async def json_text(request: Request) -> tuple[str, dict[str, Any]]:
+    """A strict JSON object body: (its text, its parsed value). 415 wrong type, 400 not UTF-8 / not JSON
+    (NaN, Infinity refused), 422 not an object."""
     require_content_type(request, "application/json")
     raw = await request.body()
     try:
@@ -115,6 +116,12 @@ async def json_body(request: Request, model: type[M]) -> M:
         raise BadRequest("body is not valid JSON") from err
     if not isinstance(data, dict):
         raise Unprocessable("body must be a JSON object")
+    return text, data
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """Strict JSON body (:func:`json_text`), then strict pydantic validation: 422 invalid."""
+    text, _ = await json_text(request)
     try:
         # strict: no "1" -> 1 coercion; in JSON mode strict still reads RFC 3339 strings as datetimes
         return model.model_validate_json(text, strict=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from pipeline.events import Finite, ModelRef, TrackedObject, UtcDatetime
+from pipeline.events import Event, Finite, ModelRef, TrackedObject, UtcDatetime
 
 CameraState = Literal["connecting", "running", "stalled", "backoff", "stopped"]
 Action = Literal["acknowledge", "dispatch", "resolve", "false_alarm", "reopen"]
@@ -58,6 +58,13 @@ class DispositionIn(_In):
     remark: Annotated[str, StringConstraints(max_length=1000, strip_whitespace=True)] | None = None
 
 
+class EventBatchIn(_In):
+    """``POST /api/events/batch``: wire-format messages (``pipeline.events.Event``), at most
+    ``api.routers.events.BATCH_MAX``."""
+
+    events: list[Event]
+
+
 class TokenIn(_In):
     username: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -73,6 +80,29 @@ class PutEventPublic(_Public):
     id: str
     seq: int
     status: Literal["created", "updated", "stale", "duplicate"]
+
+
+BatchStatus = Literal["created", "updated", "stale", "duplicate", "rejected"]
+
+
+class PutEventBatchItemPublic(_Public):
+    """The outcome of one message of a batch, in the order sent. ``code`` is what ``POST /api/events`` would
+    have answered for it alone: 201 created, 200 updated/stale/duplicate, 403 (camera not this key's),
+    409 (id used by another camera or type), 422 (invalid; ``detail`` lists the field paths)."""
+
+    index: int
+    id: str | None = None
+    seq: int | None = None
+    status: BatchStatus
+    code: int
+    error: str | None = None
+    message: str | None = None
+    detail: list[dict[str, Any]] | None = None
+
+
+class PutEventBatchPublic(_Public):
+    items: list[PutEventBatchItemPublic]
+    counts: dict[BatchStatus, int]
 
 
 class PutEvidencePublic(_Public):

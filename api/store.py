@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, false, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, false, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -145,6 +145,95 @@ def _scope_clauses(scope: Scope) -> list[ColumnElement[bool]]:
     return out
 
 
+@dataclass(frozen=True)
+class PutOutcome:
+    """What storing one message did: ``view`` is set when the visible event changed (created/updated)."""
+
+    status: PutStatus | Literal["conflict"]
+    view: EventView | None = None
+    error: str | None = None
+
+
+_EVENT_FIELDS = (
+    "state",
+    "zone_id",
+    "grid",
+    "updated_at",
+    "ended_at",
+    "dwell_s",
+    "seq",
+    "payload",
+    "received_at",
+)
+_EVIDENCE_VALUES = ("sha256", "kind", "taken_at")
+
+
+@dataclass
+class _Batch:
+    """The writes one ``put_events`` transaction collects, issued at its end as one executemany each."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    created: dict[str, None] = field(default_factory=dict)  # ordered sets of event ids
+    updated: dict[str, None] = field(default_factory=dict)
+    evidence_new: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    evidence_changed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def write(self, c: Connection, rows: dict[str, dict[str, Any]]) -> None:
+        if self.messages:
+            c.execute(insert(messages_t), self.messages)
+        if self.created:
+            c.execute(insert(events_t), [rows[i] for i in self.created])
+        if self.updated:
+            c.execute(
+                update(events_t).where(events_t.c.id == bindparam("b_id")),
+                [{"b_id": i, **{k: rows[i][k] for k in _EVENT_FIELDS}} for i in self.updated],
+            )
+        if self.evidence_new:
+            c.execute(
+                insert(evidence_t),
+                [
+                    {k: e[k] for k in ("event_id", "name", *_EVIDENCE_VALUES)}
+                    for e in self.evidence_new.values()
+                ],
+            )
+        if self.evidence_changed:
+            c.execute(
+                update(evidence_t).where(
+                    evidence_t.c.event_id == bindparam("b_event_id"), evidence_t.c.name == bindparam("b_name")
+                ),
+                [
+                    {"b_event_id": eid, "b_name": name, **{k: e[k] for k in _EVIDENCE_VALUES}}
+                    for (eid, name), e in self.evidence_changed.items()
+                ],
+            )
+
+
+def _evidence_item(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": e["name"],
+        "kind": e["kind"],
+        "sha256": e["sha256"],
+        "taken_at": e["taken_at"],
+        "size": e["size"],
+        "stored": e["stored_at"] is not None,
+    }
+
+
+def _memory_view(row: dict[str, Any], evidence: dict[str, dict[str, Any]]) -> EventView:
+    """The view ``Store.get_event`` would read back for ``row`` inside the writing transaction."""
+    return EventView(
+        payload=dict(row["payload"]),
+        disposition=row["disposition"],
+        disposition_at=row.get("disposition_at"),
+        created_at=row["created_at"],
+        received_at=row["received_at"],
+        evidence=[
+            _evidence_item(e) for e in sorted(evidence.values(), key=lambda e: (e["taken_at"], e["name"]))
+        ],
+        escalated_at=row.get("escalated_at"),
+    )
+
+
 class Store:
     def __init__(self, engine: Engine, media_dir: Path) -> None:
         self.engine = engine
@@ -170,100 +259,138 @@ class Store:
 
     def put_event(self, ev: Event, worker: str | None = None) -> tuple[PutStatus, EventView | None]:
         """Store one message idempotently. Returns the outcome and, when the visible event changed, its
-        view."""
+        view. Raises Conflict when the id belongs to another camera or event type."""
+        out = self.put_events([ev], worker)[0]
+        if out.status == "conflict":
+            raise Conflict(out.error or "conflict")
+        return out.status, out.view
+
+    def put_events(self, evs: Sequence[Event], worker: str | None = None) -> list[PutOutcome]:
+        """Store messages idempotently, in order, in ONE transaction; one outcome per message. Each has the
+        semantics of ``put_event`` (a later message of the batch sees the earlier ones); a message whose id
+        belongs to another camera or event type is ``conflict`` and not recorded, the others are."""
+        if not evs:
+            return []
         for attempt in range(3):
             try:
-                return self._put_event(ev, worker)
+                return self._put_events(evs, worker)
             except IntegrityError:  # a concurrent insert of the same id/seq (PostgreSQL): retry sees it
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _put_event(self, ev: Event, worker: str | None) -> tuple[PutStatus, EventView | None]:
+    def _put_events(self, evs: Sequence[Event], worker: str | None) -> list[PutOutcome]:
+        """Constant statements per batch: three look-ups (seen (id, seq), event rows, their evidence), then
+        one executemany per table and kind of write. Views are built from what the transaction knows."""
         now = utcnow()
-        payload = ev.to_wire()
+        ids = sorted({ev.id for ev in evs})
         with self._write() as c:
-            seen = c.execute(
-                select(messages_t.c.seq).where(messages_t.c.event_id == ev.id, messages_t.c.seq == ev.seq)
-            ).first()
-            if seen is not None:
-                return "duplicate", None
-            row = c.execute(select(events_t).where(events_t.c.id == ev.id)).first()
-            if row is not None and (row.camera_id != ev.camera_id or row.type != ev.type.value):
-                raise Conflict("event id already used by another camera or event type")
-            c.execute(
-                insert(messages_t).values(
-                    event_id=ev.id,
-                    seq=ev.seq,
-                    state=ev.state.value,
-                    payload=payload,
-                    received_at=now,
-                    worker=worker,
-                )
-            )
-            fields = {
-                "state": ev.state.value,
-                "zone_id": ev.zone_id,
-                "grid": ev.grid,
-                "updated_at": ev.updated_at,
-                "ended_at": ev.ended_at,
-                "dwell_s": ev.dwell_s,
-                "seq": ev.seq,
-                "payload": payload,
-                "received_at": now,
-            }
-            status: PutStatus
-            if row is None:
-                c.execute(
-                    insert(events_t).values(
-                        id=ev.id,
-                        type=ev.type.value,
-                        camera_id=ev.camera_id,
-                        started_at=ev.started_at,
-                        disposition="new",
-                        created_at=now,
-                        **fields,
+            seqs = sorted({ev.seq for ev in evs})
+            seen = {
+                (r.event_id, r.seq)
+                for r in c.execute(
+                    select(messages_t.c.event_id, messages_t.c.seq).where(
+                        messages_t.c.event_id.in_(ids), messages_t.c.seq.in_(seqs)
                     )
                 )
-                status = "created"
-            elif ev.seq > row.seq:
-                # started_at stays as first stored: it is the pagination key and must not move.
-                if row.started_at != ev.started_at:
-                    fields["payload"] = {
-                        **payload,
-                        "started_at": row.started_at.isoformat().replace("+00:00", "Z"),
-                    }
-                c.execute(update(events_t).where(events_t.c.id == ev.id).values(**fields))
-                status = "updated"
-            else:
-                status = "stale"
-            self._declare_evidence(c, ev, newest=status != "stale")
-            if status == "stale":
-                return status, None
-            return status, self._view(c, ev.id)
+            }
+            rows: dict[str, dict[str, Any]] = {
+                r.id: dict(r._mapping) for r in c.execute(select(events_t).where(events_t.c.id.in_(ids)))
+            }
+            have: dict[str, dict[str, dict[str, Any]]] = {i: {} for i in ids}
+            if rows:
+                for e in c.execute(select(evidence_t).where(evidence_t.c.event_id.in_(sorted(rows)))):
+                    have[e.event_id][e.name] = dict(e._mapping)
+            batch = _Batch()
+            out: list[PutOutcome] = []
+            for ev in evs:
+                if (ev.id, ev.seq) in seen:
+                    out.append(PutOutcome("duplicate"))
+                    continue
+                row = rows.get(ev.id)
+                if row is not None and (row["camera_id"] != ev.camera_id or row["type"] != ev.type.value):
+                    out.append(
+                        PutOutcome("conflict", error="event id already used by another camera or event type")
+                    )
+                    continue
+                seen.add((ev.id, ev.seq))
+                status = self._apply(batch, rows, ev, row, now, worker)
+                self._declare_evidence(batch, have[ev.id], ev, newest=status != "stale")
+                if status == "stale":
+                    out.append(PutOutcome(status))
+                else:
+                    out.append(PutOutcome(status, _memory_view(rows[ev.id], have[ev.id])))
+            batch.write(c, rows)
+            return out
 
-    def _declare_evidence(self, c: Connection, ev: Event, newest: bool) -> None:
-        if not ev.evidence:
-            return
-        have = {
-            r.name: r
-            for r in c.execute(
-                select(evidence_t.c.name, evidence_t.c.sha256, evidence_t.c.stored_at).where(
-                    evidence_t.c.event_id == ev.id
-                )
-            )
+    @staticmethod
+    def _apply(
+        batch: _Batch,
+        rows: dict[str, dict[str, Any]],
+        ev: Event,
+        row: dict[str, Any] | None,
+        now: datetime,
+        worker: str | None,
+    ) -> PutStatus:
+        payload = ev.to_wire()
+        batch.messages.append(
+            {
+                "event_id": ev.id,
+                "seq": ev.seq,
+                "state": ev.state.value,
+                "payload": payload,
+                "received_at": now,
+                "worker": worker,
+            }
+        )
+        fields = {
+            "state": ev.state.value,
+            "zone_id": ev.zone_id,
+            "grid": ev.grid,
+            "updated_at": ev.updated_at,
+            "ended_at": ev.ended_at,
+            "dwell_s": ev.dwell_s,
+            "seq": ev.seq,
+            "payload": payload,
+            "received_at": now,
         }
+        if row is None:
+            rows[ev.id] = {
+                "id": ev.id,
+                "type": ev.type.value,
+                "camera_id": ev.camera_id,
+                "started_at": ev.started_at,
+                "disposition": "new",
+                "created_at": now,
+                **fields,
+            }
+            batch.created[ev.id] = None
+            return "created"
+        if ev.seq > row["seq"]:
+            # started_at stays as first stored: it is the pagination key and must not move.
+            if row["started_at"] != ev.started_at:
+                fields["payload"] = {
+                    **payload,
+                    "started_at": row["started_at"].isoformat().replace("+00:00", "Z"),
+                }
+            row.update(fields)
+            if ev.id not in batch.created:
+                batch.updated[ev.id] = None
+            return "updated"
+        return "stale"
+
+    @staticmethod
+    def _declare_evidence(batch: _Batch, have: dict[str, dict[str, Any]], ev: Event, newest: bool) -> None:
         for e in ev.evidence:
             old = have.get(e.name)
             values = {"sha256": e.sha256, "kind": e.kind, "taken_at": e.taken_at}
             if old is None:
-                c.execute(insert(evidence_t).values(event_id=ev.id, name=e.name, **values))
-            elif newest and old.stored_at is None and old.sha256 != e.sha256:
-                c.execute(
-                    update(evidence_t)
-                    .where(evidence_t.c.event_id == ev.id, evidence_t.c.name == e.name)
-                    .values(**values)
-                )
+                have[e.name] = {"event_id": ev.id, "name": e.name, **values, "size": None, "stored_at": None}
+                batch.evidence_new[(ev.id, e.name)] = have[e.name]
+            elif newest and old["stored_at"] is None and old["sha256"] != e.sha256:
+                old.update(values)
+                if (ev.id, e.name) not in batch.evidence_new:  # a row of this batch is inserted as it ends
+                    batch.evidence_changed[(ev.id, e.name)] = old
 
     def _view(self, c: Connection, event_id: str) -> EventView | None:
         views = self._views(c, [r for r in c.execute(select(events_t).where(events_t.c.id == event_id))])

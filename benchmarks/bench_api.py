@@ -11,8 +11,12 @@
 2. Starts the real app (``api.server.create_server``: uvicorn, one process) in a sub-process.
 3. ``GET /api/events`` latency (sequential requests, as a dashboard or police client makes them): newest page,
    by camera, by type, by a one-day time range, and following ``next_cursor`` ten pages deep; p50/p95 ms.
-4. Ingest: ``--clients`` concurrent httpx clients POST new events (``POST /api/events``, worker key) for
-   ``--ingest-s`` seconds; events/s, request p50/p95, errors, and the server process's CPU cores.
+4. Ingest, one event per request: ``--clients`` concurrent httpx clients POST new events
+   (``POST /api/events``, worker key) for ``--ingest-s`` seconds; events/s, request p50/p95, errors, and the
+   server process's CPU cores.
+5. Ingest in batches, same run and server: ``--batch-clients`` clients POST ``--batch-size`` new events per
+   request (``POST /api/events/batch``, as a worker's outbox sends a backlog) for ``--ingest-s`` seconds;
+   the same figures, and the ratio of the two events/s.
 
 Clients and server share this machine's cores; the machine's load is recorded.
 """
@@ -60,6 +64,8 @@ class Options:
     events: int = 1_000_000
     chunk: int = 20_000
     clients: int = 8
+    batch_clients: int = 4
+    batch_size: int = 100
     ingest_s: float = 20.0
     get_requests: int = 50
     database_url: str | None = None
@@ -365,12 +371,14 @@ def get_latency(base: str, token: str, requests: int) -> dict[str, Any]:
     return out
 
 
-async def _ingest(base: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
+async def _ingest(base: str, key: str, clients: int, seconds: float, batch: int = 1) -> dict[str, Any]:
+    """``batch`` 1: one event per ``POST /api/events``; more: that many per ``POST /api/events/batch``."""
     import httpx
 
     rng = random.Random(7)
     lat: list[float] = []
     status: dict[str, int] = {}
+    items: dict[str, int] = {}
     errors: list[str] = []
     stop_at = time.monotonic() + seconds
 
@@ -379,26 +387,38 @@ async def _ingest(base: str, key: str, clients: int, seconds: float) -> dict[str
             base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30
         ) as c:
             while time.monotonic() < stop_at:
-                body = wire(datetime.now(UTC) - timedelta(seconds=70), rng.choice(CAMERAS), rng)
+                started = datetime.now(UTC) - timedelta(seconds=70)
+                bodies = [wire(started, rng.choice(CAMERAS), rng) for _ in range(batch)]
                 t0 = time.perf_counter()
                 try:
-                    r = await c.post("/api/events", json=body)
+                    if batch == 1:
+                        r = await c.post("/api/events", json=bodies[0])
+                    else:
+                        r = await c.post("/api/events/batch", json={"events": bodies})
                 except httpx.HTTPError as err:
                     errors.append(f"{type(err).__name__}: {err}"[:200])
                     continue
                 lat.append((time.perf_counter() - t0) * 1000)
                 status[str(r.status_code)] = status.get(str(r.status_code), 0) + 1
+                if batch == 1 and r.status_code == 201:
+                    items["created"] = items.get("created", 0) + 1
+                elif batch > 1 and r.status_code == 200:
+                    for k, n in r.json()["counts"].items():
+                        items[k] = items.get(k, 0) + n
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(clients)))
     wall = time.perf_counter() - t0
-    created = status.get("201", 0)
+    created = items.get("created", 0)
     return {
+        "route": "POST /api/events" if batch == 1 else "POST /api/events/batch",
         "clients": clients,
+        "events_per_request": batch,
         "seconds": wall,
         "events_per_s": created / wall,
         "requests": sum(status.values()),
         "status_counts": status,
+        "event_counts": items,
         "errors": len(errors),
         "error_samples": errors[:3],
         "p50_ms": percentile(lat, 50),
@@ -448,6 +468,7 @@ def run(opts: Options) -> dict[str, Any]:
         opts.ingest_s = min(opts.ingest_s, 3.0)
         opts.get_requests = min(opts.get_requests, 10)
         opts.clients = min(opts.clients, 4)
+        opts.batch_clients = min(opts.batch_clients, 2)
     started = now_iso()
     info = machine_info()
     work = (opts.work_dir or CACHE_DIR) / f"api-{os.getpid()}"
@@ -470,6 +491,14 @@ def run(opts: Options) -> dict[str, Any]:
             cpu = CpuWindow(api.pid).start()
             ingest = asyncio.run(_ingest(api.base, conf["worker_key"], opts.clients, opts.ingest_s))
             ingest["server_cpu_cores"] = cpu.cores()
+            note(
+                f"batch ingest: {opts.batch_clients} clients × {opts.batch_size} events, {opts.ingest_s:g} s"
+            )
+            cpu = CpuWindow(api.pid).start()
+            batched = asyncio.run(
+                _ingest(api.base, conf["worker_key"], opts.batch_clients, opts.ingest_s, opts.batch_size)
+            )
+            batched["server_cpu_cores"] = cpu.cores()
         finally:
             api.stop()
         note("API stopped")
@@ -479,8 +508,10 @@ def run(opts: Options) -> dict[str, Any]:
             _pg_drop(opts.database_url, pg_name)
         if not opts.keep_db:
             shutil.rmtree(work, ignore_errors=True)
+    ratio = batched["events_per_s"] / max(ingest["events_per_s"], 1e-9)
     note(
-        f"ingest {ingest['events_per_s']:.0f} events/s; GET newest p95 {gets['newest_page']['p95_ms']:.1f} ms"
+        f"ingest {ingest['events_per_s']:.0f} events/s single, {batched['events_per_s']:.0f} events/s in "
+        f"batches of {opts.batch_size} ({ratio:.1f}×); GET newest p95 {gets['newest_page']['p95_ms']:.1f} ms"
     )
     return {
         "bench": "api",
@@ -497,8 +528,11 @@ def run(opts: Options) -> dict[str, Any]:
         "fill": filled,
         "get_events": gets,
         "ingest": ingest,
+        "ingest_batch": batched,
+        "ingest_batch_over_single": ratio,
         "notes": "clients (httpx, asyncio) and server share the machine's cores; GETs are sequential "
-        "requests by one admin client (bearer token); ingest posts new open events with the worker key",
+        "requests by one admin client (bearer token); ingest posts new open events with the worker key, "
+        "one per request (ingest) and in batches (ingest_batch), one after the other on the same server",
     }
 
 
@@ -511,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=d.events, help="events to pre-fill")
     ap.add_argument("--chunk", type=int, default=d.chunk, help="rows per bulk INSERT")
     ap.add_argument("--clients", type=int, default=d.clients, help="concurrent ingest clients")
+    ap.add_argument("--batch-clients", type=int, default=d.batch_clients, help="concurrent batch clients")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="events per batch request (≤ 500)")
     ap.add_argument("--ingest-s", type=float, default=d.ingest_s)
     ap.add_argument("--get-requests", type=int, default=d.get_requests, help="requests per GET query kind")
     ap.add_argument("--database-url", help="PostgreSQL server: a fresh database is created there and dropped")

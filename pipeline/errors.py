@@ -35,3 +35,8 @@ class SinkError(PinganError):
 
 class PermanentSinkError(SinkError):
     """A sink rejected an event for good (bad input, 4xx); the outbox dead-letters it instead of retrying."""
+
+
+class BatchUnsupported(SinkError):
+    """A sink cannot deliver a batch now (the API lacks the batch route): nothing was sent; send the same
+    messages one at a time (``EventSink.send``)."""

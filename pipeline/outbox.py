@@ -10,6 +10,11 @@ Guarantees
 - Order: per event id, messages go out in ``seq`` order (an update never before its open): only the
   lowest pending ``seq`` of an id is eligible. Across ids, oldest first; an id that keeps failing does not
   hold up the others.
+- Batches: when the sink has ``send_batch`` (:class:`~pipeline.protocols.BatchEventSink`, e.g. ``HttpSink``)
+  and more than one message is eligible, up to ``batch_max`` of them (one per event id, so the order above
+  holds) go out in one call; each is deleted, retried or dead-lettered by its own outcome, exactly as if
+  sent alone. A message the sink reports acknowledged (stored or a duplicate) is delivered. A kill during
+  a batch call may send that call's messages twice (the API de-duplicates them), never lose one.
 - Transient failure (``SinkError``): that message waits a capped, jittered exponential backoff, and the whole
   sender also backs off while failures follow each other (the API or network is down), so a long outage costs
   one attempt per ``backoff_cap_s``. Any other exception from the sink counts as transient (and is logged).
@@ -52,9 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import OutboxError, PermanentSinkError, SinkError
+from pipeline.errors import BatchUnsupported, OutboxError, PermanentSinkError, SinkError
 from pipeline.events import Event, EventState, EventType
-from pipeline.protocols import EventSink
+from pipeline.protocols import BatchEventSink, EventSink
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +167,11 @@ class Outbox:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 60.0,
         poll_s: float = 0.05,
+        batch_max: int = 100,
         start: bool = True,
     ) -> None:
-        if max_items < 1 or not 0 < alarm_fraction <= 1:
-            raise ValueError("max_items must be >= 1 and 0 < alarm_fraction <= 1")
+        if max_items < 1 or batch_max < 1 or not 0 < alarm_fraction <= 1:
+            raise ValueError("max_items and batch_max must be >= 1 and 0 < alarm_fraction <= 1")
         self.path = Path(path)
         self.sink = sink
         self.stop = stop
@@ -176,6 +182,7 @@ class Outbox:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.poll_s = poll_s
+        self.batch_max = batch_max
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -571,14 +578,14 @@ class Outbox:
             "SELECT m.id FROM messages m WHERE NOT EXISTS"
             " (SELECT 1 FROM messages p WHERE p.event_id = m.event_id AND p.seq < m.seq)"
             " ORDER BY m.id LIMIT ?",
-            (64 + waiting,),
+            (self.batch_max + waiting,),
         ).fetchall()
         out = []
         for (row_id,) in rows:
             due = self._retry_at.get(row_id)
             if due is None or due[0] <= now:
                 out.append(int(row_id))
-        return out[:64]
+        return out[: self.batch_max]
 
     def _run(self) -> None:
         try:
@@ -594,6 +601,13 @@ class Outbox:
                     if not batch:
                         self._wake.wait(self.poll_s)
                         continue
+                    if len(batch) > 1 and isinstance(self.sink, BatchEventSink) and self.sink.batching:
+                        done = self._deliver_many(batch)
+                        if done is False and not self._sleep(self._backoff(self._fail_streak)):
+                            return
+                        if done is not None:
+                            continue
+                        # None: the sink cannot batch now; the same rows go one by one below
                     for row_id in batch:
                         if self._stopping():
                             return
@@ -672,6 +686,92 @@ class Outbox:
             self._changed.notify_all()
         self._fire_alarm(transition)
         return True
+
+    def _deliver_many(self, row_ids: list[int]) -> bool | None:
+        """Try several messages in one ``send_batch``; False when none went through and some failed
+        transiently (the caller backs off), None when the sink sent nothing because it cannot batch now
+        (``BatchUnsupported``). Each outcome is handled as ``_deliver`` handles one."""
+        marks = ",".join("?" * len(row_ids))
+        with self._lock:
+            if self._closed:
+                return True
+            rows = {
+                int(r[0]): r
+                for r in self._db.execute(
+                    f"SELECT id, event_id, seq, body, attempts FROM messages WHERE id IN ({marks})", row_ids
+                )
+            }
+            files: dict[int, dict[str, bytes]] = {i: {} for i in rows}
+            for r in self._db.execute(
+                f"SELECT message, name, data FROM files WHERE message IN ({marks}) ORDER BY message, ord",
+                row_ids,
+            ):
+                files[int(r[0])][r[1]] = bytes(r[2])
+            for gone in set(row_ids) - set(rows):  # dropped by the bound meanwhile
+                self._retry_at.pop(gone, None)
+        todo: list[tuple[int, int, Event]] = []
+        for row_id in row_ids:
+            if row_id not in rows:
+                continue
+            body, attempts = rows[row_id][3], rows[row_id][4]
+            try:
+                todo.append((row_id, int(attempts), Event.model_validate_json(body)))
+            except ValueError as e:
+                self._to_dead(row_id, f"unreadable message: {e}"[:2000], int(attempts))
+        if not todo:
+            return True
+        assert isinstance(self.sink, BatchEventSink)
+        try:
+            results: list[BaseException | None] = list(
+                self.sink.send_batch([(ev, files[row_id]) for row_id, _, ev in todo])
+            )
+            if len(results) != len(todo):
+                raise RuntimeError(f"send_batch answered {len(results)} outcomes for {len(todo)} messages")
+        except BatchUnsupported:
+            return None
+        except Exception as e:
+            if not isinstance(e, SinkError):
+                log.exception("sink raised an unexpected error for a batch of %d; will retry", len(todo))
+            results = [e] * len(todo)
+        acked: list[int] = []
+        failed: list[tuple[int, str]] = []
+        for (row_id, attempts, ev), res in zip(todo, results, strict=True):
+            if res is None:
+                acked.append(row_id)
+            elif isinstance(res, PermanentSinkError):
+                self._to_dead(row_id, str(res)[:2000] or type(res).__name__, attempts + 1)
+            else:
+                err = (str(res) or type(res).__name__)[:2000]
+                log.info("delivery of %s#%d failed (%s); will retry", ev.id, ev.seq, err)
+                failed.append((row_id, err))
+        with self._lock:
+            now = time.monotonic()
+            for row_id, err in failed:
+                _, n = self._retry_at.get(row_id, (0.0, 0))
+                self._retry_at[row_id] = (now + self._backoff(n + 1), n + 1)
+                self._last_error = err
+            for row_id in acked:
+                self._retry_at.pop(row_id, None)
+            self._fail_streak = self._fail_streak + 1 if failed and not acked else 0
+            if self._closed:
+                return True
+            with self._tx() as db:
+                db.executemany(
+                    "UPDATE messages SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                    [(err, row_id) for row_id, err in failed],
+                )
+                if acked:
+                    cur = db.execute(
+                        f"DELETE FROM messages WHERE id IN ({','.join('?' * len(acked))}) RETURNING nbytes",
+                        acked,
+                    )
+                    removed = cur.fetchall()
+                    self._depth -= len(removed)
+                    self._bytes -= sum(int(g[0]) for g in removed)
+            transition = self._update_alarm()
+            self._changed.notify_all()
+        self._fire_alarm(transition)
+        return bool(acked) or not failed
 
     def _to_dead(self, row_id: int, error: str, attempts: int) -> None:
         with self._lock:

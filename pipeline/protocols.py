@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.detections import Detections
+from pipeline.errors import SinkError
 from pipeline.events import Event
 
 
@@ -70,6 +71,21 @@ class EventSink(Protocol):
     """Delivers one event (and its evidence files). Raises SinkError when it could not; idempotent by id."""
 
     def send(self, event: Event, files: dict[str, bytes]) -> None: ...
+
+
+@runtime_checkable
+class BatchEventSink(EventSink, Protocol):
+    """An EventSink that can also deliver several events at once (the outbox uses it for a backlog).
+
+    ``send_batch`` returns one outcome per item, in order: None when acknowledged, else the SinkError
+    (transient) or PermanentSinkError (rejected for good) ``send`` would have raised for it alone. It
+    raises SinkError when nothing could be delivered (the whole batch is then transient). ``batching`` is
+    False while the sink would send one message per request anyway (the caller then sends them singly)."""
+
+    @property
+    def batching(self) -> bool: ...
+
+    def send_batch(self, items: Sequence[tuple[Event, dict[str, bytes]]]) -> list[SinkError | None]: ...
 
 
 class Clock(Protocol):

@@ -102,14 +102,18 @@ class RecordingApi:
     """A tiny stand-in for the pingan API's worker routes on 127.0.0.1 (stdlib ``http.server`` in a thread).
 
     Records every request; de-duplicates messages by (id, seq) like the API (201 new, 200 duplicate) and
-    evidence by (id, name). ``script`` is a list of status codes answered to the next requests instead of
-    handling them (e.g. ``[503, 500]``); ``delay_s`` slows every answer; ``port`` may be fixed (to start after
-    a refusal).
+    evidence by (id, name); with ``batch=True`` it also serves ``POST /api/events/batch`` (per-item codes;
+    without it that route is a 404, as on an older API). ``script`` is a list of status codes answered to the
+    next requests instead of handling them (e.g. ``[503, 500]``); ``delay_s`` slows every answer; ``port`` may
+    be fixed (to start after a refusal).
     Use as a context manager, or ``start()`` / ``stop()``.
     """
 
-    def __init__(self, port: int = 0, delay_s: float = 0.0, script: list[int] | None = None) -> None:
+    def __init__(
+        self, port: int = 0, delay_s: float = 0.0, script: list[int] | None = None, batch: bool = False
+    ) -> None:
         self.port = port
+        self.batch = batch  # serve POST /api/events/batch (else 404, as an older API)
         self.delay_s = delay_s
         self.script = list(script or [])
         self.lock = threading.Lock()
@@ -137,13 +141,11 @@ class RecordingApi:
                 return self.script.pop(0), b'{"detail": "scripted"}'
             parts = path.strip("/").split("/")
             if method == "POST" and parts == ["api", "events"]:
-                msg = json.loads(body)
-                key = (msg["id"], int(msg["seq"]))
-                if key in self.messages:
-                    return 200, b"{}"
-                self.messages[key] = msg
-                self.created.append(key)
-                return 201, b"{}"
+                return self._store(json.loads(body)), b"{}"
+            if method == "POST" and parts == ["api", "events", "batch"] and self.batch:
+                codes = [self._store(msg) for msg in json.loads(body)["events"]]
+                items = [{"index": i, "code": c} for i, c in enumerate(codes)]
+                return 200, json.dumps({"items": items}).encode()
             if (
                 method == "PUT"
                 and len(parts) == 5
@@ -164,6 +166,14 @@ class RecordingApi:
                 self.statuses.append((parts[2], json.loads(body)))
                 return 204, b""
             return 404, b'{"detail": "not found"}'
+
+    def _store(self, msg: dict[str, Any]) -> int:
+        key = (msg["id"], int(msg["seq"]))
+        if key in self.messages:
+            return 200
+        self.messages[key] = msg
+        self.created.append(key)
+        return 201
 
     def start(self) -> RecordingApi:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

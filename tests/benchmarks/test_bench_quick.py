@@ -130,3 +130,11 @@ def test_bench_api_quick(tmp_path: Path) -> None:
     assert ingest["errors"] == 0, ingest["error_samples"]
     assert ingest["events_per_s"] > 0 and set(ingest["status_counts"]) == {"201"}
     assert ingest["server_cpu_cores"] >= 0
+    batched = result["ingest_batch"]
+    assert batched["route"] == "POST /api/events/batch" and batched["events_per_request"] == 100
+    assert batched["errors"] == 0, batched["error_samples"]
+    assert set(batched["status_counts"]) == {"200"} and set(batched["event_counts"]) == {"created"}
+    assert batched["events_per_s"] > 0 and batched["event_counts"]["created"] == 100 * batched["requests"]
+    assert result["ingest_batch_over_single"] == pytest.approx(
+        batched["events_per_s"] / ingest["events_per_s"], rel=1e-3
+    )
