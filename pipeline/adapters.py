@@ -88,7 +88,10 @@ def preprocess(
         resizes.append(r)
     # OpenCV's blob maker does the colour swap, mean and NHWC → NCHW in one C++ pass (0.7 vs 3.5 ms per 416²
     # image with numpy); the per-channel std is one in-place multiply.
-    blob = cv2.dnn.blobFromImages(list(batch), 1.0, None, tuple(float(m) for m in pre.mean), pre.rgb, False)
+    mean = tuple(float(m) for m in pre.mean)
+    blob = np.asarray(
+        cv2.dnn.blobFromImages(list(batch), 1.0, (pre.width, pre.height), mean, pre.rgb, False), np.float32
+    )
     blob *= (1.0 / np.asarray(pre.std, np.float32)).reshape(1, 3, 1, 1)
     return blob, resizes
 
