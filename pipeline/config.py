@@ -202,6 +202,10 @@ class Camera(_Strict):
     # Skip inference while the zones look unchanged (detections carry forward); re-detect at least this often.
     static_gate: bool = True
     gate_refresh_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # Skip *decoding* due keyframes while packet sizes say nothing moved and no object is in a zone
+    # (pipeline/packet_gate.py). Off by default: it saves most on quiet cameras with variable-bitrate
+    # encoders, and it needs the static gate to check it against the pixels.
+    packet_gate: bool = False
     zones: list[Zone] = []
 
     @field_validator("models", mode="before")
@@ -217,6 +221,12 @@ class Camera(_Strict):
         if dup:
             raise ValueError(f"zone ids repeat: {', '.join(sorted(dup))}")
         return zones
+
+    @model_validator(mode="after")
+    def _packet_gate_needs_static_gate(self) -> Camera:
+        if self.packet_gate and not self.static_gate:
+            raise ValueError("packet_gate needs static_gate: the pixels check what the packets suggest")
+        return self
 
 
 class SlaRule(_Strict):

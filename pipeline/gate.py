@@ -1,10 +1,10 @@
 """Static-scene gate: skip detection while the zones of interest look the same as at the last detection.
 
 Cheap by construction: the zones' bounding region (plus a margin) is cut out, shrunk with area averaging so
-the longer side is ~64 px (INTER_AREA also averages away sensor noise and compression flicker), turned to
-gray, and compared with the reference taken at the last detection — only inside the zones' (rasterised)
-polygons, after removing the median difference so that a global brightness change (clouds, auto exposure)
-does not count.
+the longer side is ~64 px (INTER_AREA also averages away sensor noise and compression flicker), and compared
+with the reference taken at the last detection — only inside the zones' (rasterised) polygons, per colour
+channel after removing each channel's median difference so that a global brightness change (clouds, auto
+exposure) does not count. Colour, not gray: a red car on grey asphalt can have the asphalt's luminance.
 ``changed()`` is True when enough of the zones' area moved, on the first frame, after a resolution change, and
 at least every ``refresh_s`` seconds (so detections are confirmed now and then even in a still scene). The
 reference is replaced only when ``changed()`` says True, so slow drift accumulates until it counts.
@@ -60,6 +60,7 @@ class SceneGate:
         self._ref: npt.NDArray[np.float32] | None = None
         self._last_true: float | None = None
         self.last_score = 0.0  # fraction of the zones' area that changed, at the last call
+        self.last_moved = False  # the last call saw the zones move (not only a refresh or a first frame)
         self._setup(tuple(frame_shape[:2]))
 
     def _setup(self, hw: tuple[int, ...]) -> None:
@@ -96,14 +97,12 @@ class SceneGate:
         self._ref = None
 
     def small(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """The downscaled gray view of the zones' region that the gate compares."""
+        """The downscaled view (h × w × channels) of the zones' region that the gate compares."""
         x0, y0, x1, y1 = self._box
         s = self._step
         crop = image[y0:y1:s, x0:x1:s] if s > 1 else image[y0:y1, x0:x1]
         tiny = cv2.resize(crop, self._small, interpolation=cv2.INTER_AREA)
-        if tiny.ndim == 3:
-            tiny = cv2.cvtColor(tiny, cv2.COLOR_BGR2GRAY)
-        return tiny.astype(np.float32)
+        return tiny.astype(np.float32).reshape(tiny.shape[0], tiny.shape[1], -1)
 
     def changed(self, image: npt.NDArray[np.uint8], ts: float | None = None) -> bool:
         """True when detection should run on this frame (and then this frame becomes the reference)."""
@@ -112,12 +111,12 @@ class SceneGate:
             self._setup(tuple(image.shape[:2]))
         cur = self.small(image)
         ref = self._ref
-        if ref is None or self._last_true is None or now - self._last_true >= self.refresh_s:
-            self.last_score = 1.0 if ref is None else self._score(cur, ref)
-            return self._take(cur, now)
-        self.last_score = self._score(cur, ref)
         need = max(self.min_pixels, self.area_fraction * self._area)
-        if self.last_score * self._area >= need:
+        self.last_score = 1.0 if ref is None else self._score(cur, ref)
+        self.last_moved = ref is not None and self.last_score * self._area >= need
+        if ref is None or self._last_true is None or now - self._last_true >= self.refresh_s:
+            return self._take(cur, now)
+        if self.last_moved:
             return self._take(cur, now)
         return False
 
@@ -128,9 +127,14 @@ class SceneGate:
         self._take(self.small(image), time.monotonic() if ts is None else ts)
 
     def _score(self, cur: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]) -> float:
-        diff = (cur - ref)[self._mask]
-        diff -= np.median(diff)  # a global brightness change is not a change of scene
-        return float(np.count_nonzero(np.abs(diff) > self.pixel_threshold)) / max(1, self._area)
+        if cur.shape != ref.shape:  # gray frames after colour ones (or back): compare afresh
+            return 1.0
+        diff = (cur - ref)[self._mask]  # (pixels, channels)
+        diff -= np.median(
+            diff, axis=0
+        )  # a global brightness or white-balance change is not a change of scene
+        moved = (np.abs(diff) > self.pixel_threshold).any(axis=1)
+        return float(np.count_nonzero(moved)) / max(1, self._area)
 
     def _take(self, cur: npt.NDArray[np.float32], now: float) -> bool:
         self._ref = cur

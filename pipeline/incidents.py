@@ -172,7 +172,7 @@ class IncidentBuilder:
     def observe(self, frame: Frame) -> None:
         """Called for every processed frame: keeps recent frames (bin stations' "before" stills) and closes
         resumable incidents that were not seen again in time."""
-        if self._recent is not None:
+        if self._recent is not None and not frame.carried:  # a carried frame's picture is an older one
             self._recent.append(frame)
         if self._first_ts is None:
             self._first_ts = frame.ts
@@ -351,6 +351,11 @@ class IncidentBuilder:
                         severity=s.severity,
                     )
                 )
+
+    def busy(self) -> bool:
+        """Any incident open or building (candidates included)."""
+        with self._lock:
+            return bool(self._open)
 
     def open_keys(self) -> list[str]:
         with self._lock:

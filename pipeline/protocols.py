@@ -25,6 +25,10 @@ class Frame:
     ts: float
     index: int
     keyframe: bool = False
+    # The packet gate (pipeline/packet_gate.py) let this keyframe go undecoded: ``image`` is the last decoded
+    # picture, not this moment's. Such frames advance time only; they are never evidence.
+    carried: bool = False
+    motion: float | None = None  # bytes per P-frame since the previous decoded keyframe (keyframe-only mode)
 
 
 class SourceState(StrEnum):

@@ -46,6 +46,7 @@ import av
 import av.error
 
 from pipeline.config import Camera, FileSource, RtspSource
+from pipeline.packet_gate import PacketGate
 from pipeline.protocols import Frame, SourceState, SourceStatus
 from pipeline.redact import Redactor, mask_url
 
@@ -111,6 +112,7 @@ class Source:
         redactor: Redactor | None = None,
         queue_size: int = 2,
         fast_keyframes: bool = True,
+        packet_gate: PacketGate | None = None,
     ) -> None:
         target = str(target)
         self.camera_id = camera_id
@@ -147,6 +149,7 @@ class Source:
         self._carry: _Carry | None = None  # a looping file's next pass continues this
         self._session_frames = 0
         self.fast_keyframes = fast_keyframes
+        self.packet_gate = packet_gate
 
     # ---- FrameSource ---------------------------------------------------------------------------------------
 
@@ -388,6 +391,10 @@ class Source:
         now = time.monotonic
 
         bad = 0  # decode errors in a row
+        gate = self.packet_gate
+        gop_bytes = gop_packets = 0  # this GOP's non-key packets
+        motion = 0.0  # the largest GOP mean (bytes per P-frame) since the last decoded keyframe
+        last_image: Any = None  # this connection's last decoded picture, for carried frames
         if key_iv is not None:  # a looping file's next pass already knows
             full = period < 0.9 * key_iv
         # our own decoder, never the stream's: a replaced one is then freed with its frame pool
@@ -412,6 +419,15 @@ class Source:
                     if last_ts is not None and wall0 <= last_ts:
                         wall0 = last_ts + frame_iv
             key = pkt.is_keyframe
+            if key and gop_packets:
+                mean = gop_bytes / gop_packets
+                motion = max(motion, mean)
+                if gate is not None:
+                    gate.gop(mean)
+                gop_bytes = gop_packets = 0
+            elif not key:
+                gop_bytes += pkt.size
+                gop_packets += 1
             if key:
                 if last_key_t is not None and t > last_key_t:
                     iv = t - last_key_t
@@ -441,6 +457,13 @@ class Source:
                 if delay > 0 and self._wait(delay):
                     break
                 self._last_data = now()
+            if not full and gate is not None and last_image is not None and gate.skip(motion, tsk):
+                # nothing moved, says the packet gate: time advances on the last picture, undecoded
+                ts = tsk if last_ts is None or tsk > last_ts else last_ts + frame_iv
+                last_ts = ts
+                qput(Frame(image=last_image, ts=ts, index=self._index, keyframe=True, carried=True))
+                self._session_frames += 1
+                continue
             try:
                 decoded = cc.decode(pkt)
                 bad = 0
@@ -461,8 +484,17 @@ class Source:
                     wall0 += last_ts + frame_iv - ts
                     ts = last_ts + frame_iv
                 last_ts = ts
-                image = f.to_ndarray(format="bgr24")
-                qput(Frame(image=image, ts=ts, index=self._index, keyframe=bool(f.key_frame)))
+                image = last_image = f.to_ndarray(format="bgr24")
+                qput(
+                    Frame(
+                        image=image,
+                        ts=ts,
+                        index=self._index,
+                        keyframe=bool(f.key_frame),
+                        motion=None if full else motion,
+                    )
+                )
+                motion = 0.0
                 self._session_frames += 1
         if self.is_file and self.loop and first_t is not None:
             end = last_t - t0 + frame_iv  # the next pass starts one frame after this one's last packet
@@ -510,7 +542,12 @@ class Source:
             self._emitted.append(t)
 
 
-def open_source(camera: Camera, stop: threading.Event, redactor: Redactor | None = None) -> Source:
+def open_source(
+    camera: Camera,
+    stop: threading.Event,
+    redactor: Redactor | None = None,
+    packet_gate: PacketGate | None = None,
+) -> Source:
     """The ``Source`` for a configured camera; its URL's secrets go into ``redactor`` (or a private one)."""
     redactor = redactor or Redactor()
     src = camera.source
@@ -522,6 +559,7 @@ def open_source(camera: Camera, stop: threading.Event, redactor: Redactor | None
         "backoff_max_s": camera.backoff_max_s,
         "stop": stop,
         "redactor": redactor,
+        "packet_gate": packet_gate,
     }
     if isinstance(src, RtspSource):
         redactor.add(*src.secrets())

@@ -13,14 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from pipeline.config import Camera, FileSource, SiteConfig, ZoneType
 from pipeline.detections import Detections
 from pipeline.gate import SceneGate
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
+from pipeline.packet_gate import PacketGate, PacketGateStatus
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.rules.base import RuleSignal
 from pipeline.rules.bays import BayState
+from pipeline.sources import Source
+from pipeline.zones import Polygon
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ class WorkerStatus:
     crashes: int
     detector_ms: float | None
     last_detection_ts: float | None
+    carried: int = 0  # due keyframes the packet gate let go undecoded
+    packet_gate: PacketGateStatus | None = None
 
 
 class CameraWorker:
@@ -83,6 +90,12 @@ class CameraWorker:
         self.rules = build_rules(camera, site) if rules is None else rules
         self.tracker = tracker if tracker is not None else Tracker()
         self.gate: SceneGate | None = None
+        self.packet_gate = PacketGate(refresh_s=camera.gate_refresh_s) if camera.packet_gate else None
+        # zone bounding boxes (x0, y0, x1, y1): an object overlapping one holds the packet gate
+        boxes = [Polygon.of(z.polygon).bbox for z in camera.zones]
+        self._zone_boxes = np.array(boxes, np.float32).reshape(-1, 4)
+        self._carried = 0
+        self._held = True  # what the packet gate was last told
         self._lock = threading.Lock()
         self._source: FrameSource | None = None
         self._last_dets: Detections | None = None
@@ -108,6 +121,8 @@ class CameraWorker:
         while not self.stop.is_set():
             try:
                 self._source = self.source_factory(self.camera, self.stop)
+                if self.packet_gate is not None and isinstance(self._source, Source):
+                    self._source.packet_gate = self.packet_gate
                 for frame in self._source.frames():
                     if self.stop.is_set():
                         break
@@ -130,11 +145,20 @@ class CameraWorker:
     # ---- per frame ----------------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
+        if frame.carried:  # not decoded: the packets said nothing moved; time runs on with the last result
+            # ... unless the gate was held since the source decided (it reads ahead when the worker lags):
+            # objects in zones are never judged on a picture that is not this moment's; the frame is dropped.
+            if self._last_dets is not None and not self._held:
+                self._carried += 1
+                self._apply(frame, self._last_dets, detected=False)
+            return
         if self.camera.static_gate:
             if self.gate is None:  # made on the first frame: it needs the frame size
                 polygons = [z.polygon for z in self.camera.zones]
                 self.gate = SceneGate(polygons, frame.image.shape, refresh_s=self.camera.gate_refresh_s)
             changed = self.gate.changed(frame.image, frame.ts)
+            if self.packet_gate is not None:
+                self.packet_gate.checked(frame.motion, frame.ts, self.gate.last_moved)
             if not changed and self._last_dets is not None:
                 # Zones unchanged since the last detection: carry its result forward so dwell timers run on.
                 self._gated += 1
@@ -163,6 +187,19 @@ class CameraWorker:
                 if signals:
                     self.builder.handle(signals, frame)
                 self.builder.observe(frame)
+            if self.packet_gate is not None:
+                busy = self.builder is not None and self.builder.busy()
+                self._held = busy or self._in_zones(tracked)
+                self.packet_gate.hold(self._held)
+
+    def _in_zones(self, dets: Detections) -> bool:
+        """Does any object overlap any zone's bounding box? (Coarse on purpose: it only keeps decoding on.)"""
+        if len(dets) == 0 or len(self._zone_boxes) == 0:
+            return False
+        b, z = dets.xyxy[:, None, :], self._zone_boxes[None, :, :]
+        across = (b[..., 0] < z[..., 2]) & (b[..., 2] > z[..., 0])
+        down = (b[..., 1] < z[..., 3]) & (b[..., 3] > z[..., 1])
+        return bool((across & down).any())
 
     def bay_states(self) -> dict[str, tuple[BayState, float]]:
         """The latest occupancy of each ``parking_bay`` zone, with the stream time it was measured."""
@@ -184,4 +221,6 @@ class CameraWorker:
             crashes=self._crashes,
             detector_ms=self.scheduler.latency_ms(self.camera.id),
             last_detection_ts=self._last_det_ts,
+            carried=self._carried,
+            packet_gate=self.packet_gate.status() if self.packet_gate is not None else None,
         )
