@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.config import Camera, FileSource, SiteConfig, ZoneType
-from pipeline.detections import Detections
+from pipeline.detections import LABEL_IDS, Detections
 from pipeline.gate import SceneGate
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
@@ -91,9 +91,12 @@ class CameraWorker:
         self.tracker = tracker if tracker is not None else Tracker()
         self.gate: SceneGate | None = None
         self.packet_gate = PacketGate(refresh_s=camera.gate_refresh_s) if camera.packet_gate else None
-        # zone bounding boxes (x0, y0, x1, y1): an object overlapping one holds the packet gate
+        # zone bounding boxes (x0, y0, x1, y1): an object of a label the zones watch, overlapping one, holds
+        # the packet gate
         boxes = [Polygon.of(z.polygon).bbox for z in camera.zones]
         self._zone_boxes = np.array(boxes, np.float32).reshape(-1, 4)
+        labels = {LABEL_IDS[n] for z in camera.zones for n in z.labels or ()}
+        self._zone_labels = np.array(sorted(labels), np.int64)
         self._carried = 0
         self._held = True  # what the packet gate was last told
         self._lock = threading.Lock()
@@ -194,6 +197,7 @@ class CameraWorker:
 
     def _in_zones(self, dets: Detections) -> bool:
         """Does any object overlap any zone's bounding box? (Coarse on purpose: it only keeps decoding on.)"""
+        dets = dets[np.isin(dets.class_id, self._zone_labels)]  # a passer-by in a fire lane changes nothing
         if len(dets) == 0 or len(self._zone_boxes) == 0:
             return False
         b, z = dets.xyxy[:, None, :], self._zone_boxes[None, :, :]

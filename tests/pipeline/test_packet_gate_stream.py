@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import Camera, SiteConfig
-from pipeline.detections import VEHICLE, Detections
+from pipeline.detections import PERSON, VEHICLE, Detections
 from pipeline.incidents import IncidentBuilder
 from pipeline.packet_gate import PacketGate
 from pipeline.protocols import Frame
@@ -196,3 +196,23 @@ def test_worker_with_packet_gate_still_reports_the_car(clip: Path) -> None:
     assert len(after) >= int(END - PARKED) - 3 and sum(after) <= 3 and not any(after[4:])
     assert not any(carried for ts, carried in applied if ts - t0 > first_car)
     assert st.packet_gate.reason.startswith("held")
+
+
+def test_only_objects_the_zones_watch_hold_the_gate() -> None:
+    cam = Camera.model_validate(
+        {
+            "id": "lane",
+            "name": "lane",
+            "source": {"path": "/dev/null"},
+            "packet_gate": True,
+            "zones": [
+                {"id": "z", "type": "fire_lane", "polygon": [[100, 100], [300, 100], [300, 200], [100, 200]]}
+            ],
+        }
+    )
+    worker = CameraWorker(cam, SiteConfig(), ColourScheduler(), None, threading.Event(), lambda c, s: None)  # type: ignore[arg-type]
+    inside, outside = [150, 120, 250, 190], [400, 120, 500, 190]
+    assert worker._in_zones(Detections(xyxy=[inside], confidence=[0.9], class_id=[VEHICLE]))
+    assert not worker._in_zones(Detections(xyxy=[outside], confidence=[0.9], class_id=[VEHICLE]))
+    assert not worker._in_zones(Detections(xyxy=[inside], confidence=[0.9], class_id=[PERSON]))
+    assert not worker._in_zones(Detections.empty())
