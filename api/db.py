@@ -35,7 +35,10 @@ def _sqlite_tuning(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is fsync'd before the API answers, so an acknowledged event survives a power cut as
+        # well as a crash (workers delete what the API acknowledged). NORMAL would skip that fsync (~0.4 ms
+        # here): nothing for batched ingest; the evidence chain must not have a weaker link than the outbox.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

@@ -50,7 +50,7 @@ def test_sqlite_pragmas(tmp_path):
         with engine.connect() as c:
             assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-            assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: acknowledged means on disk
     finally:
         engine.dispose()
 
