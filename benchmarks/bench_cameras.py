@@ -584,7 +584,7 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
     import onnxruntime as ort
 
     from pipeline.detection import OnnxDetector
-    from pipeline.manifest import model_entry
+    from pipeline.manifest import model_entry, sha256_file
 
     rss_start = rss_mib()
     entry = model_entry(spec.model, Path(spec.models_dir))
@@ -699,16 +699,6 @@ def _prebuild_naive(opts: Options) -> None:
     entry = model_entry(opts.model, ROOT / "models")
     if opts.naive_input != entry.input.width:
         naive_model(entry, ROOT / "models" / entry.file, opts.naive_input)
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stagger(i: int, spec: TrialSpec) -> None:
