@@ -127,7 +127,7 @@ class CameraRow(Base):
     frames: Mapped[int] = mapped_column(BigInteger, default=0)
     dropped: Mapped[int] = mapped_column(BigInteger, default=0)
     reconnects: Mapped[int] = mapped_column(BigInteger, default=0)
-    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # detections, gated, detector_ms, outbox_depth
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # detections, gated, undecoded, detector_ms, …
     reported_at: Mapped[datetime | None]
     state_since: Mapped[datetime | None]
 

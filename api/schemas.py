@@ -39,6 +39,7 @@ class CameraStatusIn(_In):
     reconnects: Count = 0
     detections: Count | None = None
     gated: Count | None = None
+    undecoded: Count | None = None  # keyframes the packet gate let go undecoded
     detector_ms: Annotated[Finite, Field(ge=0, le=3_600_000)] | None = None
     outbox_depth: Count | None = None
 
@@ -49,7 +50,7 @@ class CameraStatusIn(_In):
         return datetime.fromtimestamp(v, UTC)
 
     def stats(self) -> dict[str, Any]:
-        keys = ("detections", "gated", "detector_ms", "outbox_depth")
+        keys = ("detections", "gated", "undecoded", "detector_ms", "outbox_depth")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

@@ -233,6 +233,7 @@ class Supervisor:
                 "reconnects": src.reconnects,
                 "detections": st.detections,
                 "gated": st.gated,
+                "undecoded": st.carried,
                 "detector_ms": st.detector_ms,
                 "outbox_depth": self.outbox.depth(),
             }

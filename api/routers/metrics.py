@@ -5,6 +5,7 @@ Labels carry ids only (camera id, event type, state): never a URL, a key or a re
 
 Per camera (from its latest status report): ``pingan_camera_up`` (1 when its health is ok), ``_fps``,
 ``_frames_total``, ``_dropped_frames_total``, ``_gated_frames_total`` (detection skipped: static scene),
+``_undecoded_keyframes_total`` (decoding skipped: the packet gate),
 ``_detections_total``, ``_detector_latency_seconds``, ``_outbox_depth``, ``_reconnects_total``,
 ``_last_report_timestamp_seconds``. Events: ``pingan_events{type,state}``, ``pingan_event_dispositions{type,
 disposition}``, ``pingan_events_escalated{type}``. Live feed: ``pingan_sse_subscribers``. MQTT:
@@ -140,6 +141,12 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
         "counter",
         "frames whose detection was skipped (static scene)",
         per_camera(stat("gated")),
+    )
+    out.family(
+        "pingan_camera_undecoded_keyframes_total",
+        "counter",
+        "due keyframes not even decoded (packet gate: nothing moved)",
+        per_camera(stat("undecoded")),
     )
     out.family("pingan_camera_detections_total", "counter", "detector runs", per_camera(stat("detections")))
     out.family(

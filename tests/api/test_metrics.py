@@ -44,7 +44,7 @@ def val(samples, name, **labels):
 def test_metrics_figures(client, auth_headers):
     status = {
         "state": "running", "fps": 1.5, "frames": 400, "dropped": 3, "reconnects": 2,
-        "detections": 120, "gated": 280, "detector_ms": 38.5, "outbox_depth": 4,
+        "detections": 120, "gated": 280, "undecoded": 90, "detector_ms": 38.5, "outbox_depth": 4,
         "reason": "rtsp://admin:hunter2@10.0.0.5/stream",
     }  # fmt: skip
     assert client.put("/api/cameras/gate-east/status", json=status, headers=WORKER).status_code == 204
@@ -69,6 +69,7 @@ def test_metrics_figures(client, auth_headers):
     assert val(s, "pingan_camera_frames_total", camera="gate-east") == 400
     assert val(s, "pingan_camera_dropped_frames_total", camera="gate-east") == 3
     assert val(s, "pingan_camera_gated_frames_total", camera="gate-east") == 280
+    assert val(s, "pingan_camera_undecoded_keyframes_total", camera="gate-east") == 90
     assert val(s, "pingan_camera_detections_total", camera="gate-east") == 120
     assert val(s, "pingan_camera_detector_latency_seconds", camera="gate-east") == pytest.approx(0.0385)
     assert val(s, "pingan_camera_outbox_depth", camera="gate-east") == 4
