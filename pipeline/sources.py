@@ -57,6 +57,7 @@ _BACKOFF_BASE_S = 0.5
 _FPS_WINDOW_S = 10.0
 _NO_KEYFRAME_S = 10.0  # stream seconds without a flagged keyframe before we let the decoder decide
 _MAX_BAD_PACKETS = 50  # decode errors in a row before the connection is given up
+_SELF_DESCRIBING_CODECS = frozenset({"h264", "hevc"})  # parameter sets in band or in extradata
 
 
 class _Fault(Exception):
@@ -502,13 +503,25 @@ class Source:
         return self._session_frames > 0
 
     def _decoder(self, stream: Any, full: bool) -> Any:
-        """A fresh decoder for the stream. Keyframe-only decoding skips H.264/HEVC's in-loop deblocking
-        filter: nothing is predicted from these frames, so the saving (~12 % of a 1080p keyframe's decode)
-        costs no drift, only ~44 dB PSNR against the filtered picture (measured on the benchmark clip),
-        invisible in a still. Full decoding keeps the filter: every P-frame would inherit unfiltered
-        references."""
-        cc = av.CodecContext.create(stream.codec_context.name, "r")
-        cc.extradata = stream.codec_context.extradata
+        """The decoder for the next stretch of the stream.
+
+        H.264/HEVC (what cameras send) get a fresh decoder at each switch (always at a keyframe, so nothing
+        is lost, and the replaced one is freed with its frame pool). Keyframe-only decoding then skips the
+        in-loop deblocking filter: nothing is predicted from these frames, so the saving (~12 % of a 1080p
+        keyframe's decode) costs no drift, only ~44 dB PSNR against the filtered picture (measured on the
+        benchmark clip), invisible in a still. Full decoding keeps the filter: every P-frame would inherit
+        unfiltered references. Other codecs (MPEG-4 part 2 in AVI files, MJPEG, …) may need what only the
+        container knows (msmpeg4 takes its picture size from the AVI header): they keep the demuxer's own."""
+        src = stream.codec_context
+        if src.name not in _SELF_DESCRIBING_CODECS:
+            if not src.is_open:
+                src.thread_count = 1
+            src.skip_frame = "DEFAULT" if full else "NONKEY"
+            return src
+        cc = av.CodecContext.create(src.name, "r")
+        cc.extradata = src.extradata
+        if src.width and src.height:
+            cc.width, cc.height = src.width, src.height
         cc.thread_count = 1
         if not full and self.fast_keyframes:
             cc.options = {"skip_loop_filter": "all", "flags2": "+fast"}

@@ -427,3 +427,21 @@ def test_undecodable_stream_is_given_up(parking_clip: Path, monkeypatch: pytest.
     assert st.reason is not None and "InvalidDataError" in st.reason
     c.close()
     assert c.count() == 0
+
+
+VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+@pytest.mark.skipif(not VTEST_AVI.exists(), reason="needs Debian's opencv-doc (scripts/setup-system.sh)")
+def test_mpeg4_part2_avi_decodes(no_thread_leak: None) -> None:
+    """msmpeg4 in AVI takes its picture size from the container: a decoder made afresh from the codec name
+    alone decoded nothing, so the source kept retrying (found by the real-footage parking test)."""
+    frames: list[Frame] = []
+    with Source(VTEST_AVI, detect_fps=2.0, loop=False, realtime=False) as src:
+        taker = threading.Thread(target=lambda: frames.extend(itertools.islice(src.frames(), 6)), daemon=True)
+        taker.start()
+        taker.join(15)
+        status = src.status()
+    assert len(frames) == 6, status
+    assert frames[0].image.shape == (576, 768, 3)
+    assert all(b.ts > a.ts for a, b in itertools.pairwise(frames))
