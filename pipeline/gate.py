@@ -130,9 +130,8 @@ class SceneGate:
         if cur.shape != ref.shape:  # gray frames after colour ones (or back): compare afresh
             return 1.0
         diff = (cur - ref)[self._mask]  # (pixels, channels)
-        diff -= np.median(
-            diff, axis=0
-        )  # a global brightness or white-balance change is not a change of scene
+        # a global brightness or white-balance change is not a change of scene
+        diff -= np.median(diff, axis=0)
         moved = (np.abs(diff) > self.pixel_threshold).any(axis=1)
         return float(np.count_nonzero(moved)) / max(1, self._area)
 

@@ -89,8 +89,7 @@ class PacketGate:
                 and self._last_decode_ts is not None
                 and ts - self._last_decode_ts < self.refresh_s
                 and (self._off_until is None or ts >= self._off_until)
-                and self._quiet_level is not None
-                and motion <= self._quiet_level * self.margin
+                and self._looks_quiet(motion)
             )
             if ok:
                 self._skipped += 1
@@ -104,8 +103,7 @@ class PacketGate:
             self._last_decode_ts = ts
             if motion is None or not zones_moved:
                 return
-            quiet = self._quiet_level
-            if quiet is not None and motion <= quiet * self.margin:
+            if self._looks_quiet(motion):
                 # the packets said "still" and the pixels disagree: stop trusting them for a while
                 self._misses += 1
                 self._off_until = ts + self.cooloff_s
@@ -130,3 +128,7 @@ class PacketGate:
             else:
                 reason = "active"
             return PacketGateStatus(reason == "active", reason, quiet, self._skipped, self._misses)
+
+    def _looks_quiet(self, motion: float) -> bool:
+        """Within the margin of the learnt quiet level (never, before one is learnt). Call under the lock."""
+        return self._quiet_level is not None and motion <= self._quiet_level * self.margin
