@@ -42,6 +42,9 @@ class CameraStatusIn(_In):
     undecoded: Count | None = None  # keyframes the packet gate let go undecoded
     detector_ms: Annotated[Finite, Field(ge=0, le=3_600_000)] | None = None
     outbox_depth: Count | None = None
+    # the main stream, where detection runs on the camera's sub-stream (its stills come from there)
+    evidence_state: CameraState | None = None
+    evidence_reason: Annotated[str, StringConstraints(max_length=500)] | None = None
 
     def last_frame(self) -> datetime | None:
         v = self.last_frame_at
@@ -50,7 +53,15 @@ class CameraStatusIn(_In):
         return datetime.fromtimestamp(v, UTC)
 
     def stats(self) -> dict[str, Any]:
-        keys = ("detections", "gated", "undecoded", "detector_ms", "outbox_depth")
+        keys = (
+            "detections",
+            "gated",
+            "undecoded",
+            "detector_ms",
+            "outbox_depth",
+            "evidence_state",
+            "evidence_reason",
+        )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

@@ -48,8 +48,9 @@ def _logging(cfg: Config | None, verbose: bool = False) -> object:
         from pipeline.config import RtspSource
 
         for cam in cfg.cameras:
-            if isinstance(cam.source, RtspSource):
-                secrets_ += cam.source.secrets()
+            for src in cam.streams():
+                if isinstance(src, RtspSource):
+                    secrets_ += src.secrets()
         if cfg.api.worker_key:
             secrets_.append(cfg.api.worker_key)
         secrets_ += [h.secret.get_secret_value() for h in cfg.webhooks]

@@ -185,13 +185,20 @@ def _source_kind(v: Any) -> str:
     return "rtsp" if isinstance(v, RtspSource) else "file"
 
 
+StreamSource = Annotated[
+    Annotated[RtspSource, Tag("rtsp")] | Annotated[FileSource, Tag("file")],
+    Discriminator(_source_kind),
+]
+
+
 class Camera(_Strict):
     id: Ident
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    source: Annotated[
-        Annotated[RtspSource, Tag("rtsp")] | Annotated[FileSource, Tag("file")],
-        Discriminator(_source_kind),
-    ]
+    source: StreamSource
+    # The camera's analytics sub-stream (e.g. 640×360), where it has one: frames are decoded and detected
+    # from it, while ``source`` (the main stream) is only demuxed and its keyframes decoded when evidence is
+    # taken (pipeline/evidence_stream.py). Zones, boxes and stills stay in the main stream's pixels.
+    detect_source: StreamSource | None = None
     detect_fps: Annotated[float, Field(gt=0, le=30)] = 1.0
     stall_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     open_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
@@ -207,6 +214,10 @@ class Camera(_Strict):
     # encoders, and it needs the static gate to check it against the pixels.
     packet_gate: bool = False
     zones: list[Zone] = []
+
+    def streams(self) -> list[RtspSource | FileSource]:
+        """The main stream, then the detection sub-stream where there is one."""
+        return [s for s in (self.source, self.detect_source) if s is not None]
 
     @field_validator("models", mode="before")
     @classmethod
@@ -503,8 +514,9 @@ def load_config(path: str | Path) -> Config:
     cfg = parse_config(text, str(p))
     base = p.resolve().parent
     for cam in cfg.cameras:
-        if isinstance(cam.source, FileSource) and not cam.source.path.is_absolute():
-            cam.source.path = base / cam.source.path
+        for src in cam.streams():
+            if isinstance(src, FileSource) and not src.path.is_absolute():
+                src.path = base / src.path
     if not cfg.storage.data_dir.is_absolute():
         cfg.storage.data_dir = base / cfg.storage.data_dir
     return cfg

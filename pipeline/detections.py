@@ -58,6 +58,12 @@ class Detections:
     def with_tracks(self, track_id: IntArray) -> Detections:
         return Detections(self.xyxy, self.confidence, self.class_id, track_id)
 
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """The same detections in a frame ``sx`` times as wide and ``sy`` times as tall (another stream of
+        the same view)."""
+        xyxy = self.xyxy * np.array([sx, sy, sx, sy], np.float32)
+        return Detections(xyxy, self.confidence, self.class_id, self.track_id)
+
     @property
     def anchors(self) -> FloatArray:
         """Bottom-centre of each box: where a vehicle touches the ground."""

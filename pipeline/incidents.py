@@ -59,6 +59,13 @@ class StillRenderer(Protocol):
     def plate_crop(self, image: object, box: tuple[float, ...]) -> bytes | None: ...
 
 
+class PictureSource(Protocol):
+    """Where stills come from when detection runs on a sub-stream (pipeline.evidence_stream provides it): the
+    picture for a frame, in the pixels of the frame's detections, and the time that picture shows."""
+
+    def picture(self, frame: Frame) -> tuple[np.ndarray, float]: ...
+
+
 Emit = Callable[[Event, dict[str, bytes]], object]
 PlateRequest = Callable[[str, object, tuple[float, ...]], None]
 
@@ -92,8 +99,10 @@ class IncidentBuilder:
         request_plate: PlateRequest | None = None,
         vote: Callable[[list[tuple[str, float]]], tuple[str, float] | None] | None = None,
         journal: IncidentJournal | None = None,
+        pictures: PictureSource | None = None,
     ) -> None:
         self.camera = camera
+        self.pictures = pictures
         self.site = site
         self.tz = ZoneInfo(site.timezone)
         self.renderer = renderer
@@ -250,8 +259,12 @@ class IncidentBuilder:
         else:
             name = f"{kind}.jpg"
         boxes = [(s.box_xyxy, s.label)] if s.box_xyxy else []
-        data = self.renderer.still(frame.image, self._caption(s, inc.zone, frame.ts, inc.plate), boxes)
-        self._attach(inc, name, data, frame.ts, kind)
+        image, ts = self._picture(frame)
+        data = self.renderer.still(image, self._caption(s, inc.zone, ts, inc.plate), boxes)
+        self._attach(inc, name, data, ts, kind)
+
+    def _picture(self, frame: Frame) -> tuple[np.ndarray, float]:
+        return self.pictures.picture(frame) if self.pictures is not None else (frame.image, frame.ts)
 
     def _attach(self, inc: _Incident, name: str, data: bytes, ts: float, kind: str) -> None:
         inc.evidence = [e for e in inc.evidence if e.name != name]
@@ -263,13 +276,14 @@ class IncidentBuilder:
     def _want_plate(self, inc: _Incident, s: RuleSignal, frame: Frame) -> None:
         if s.box_xyxy is None:
             return
+        image, ts = self._picture(frame)
         if not any(e.kind == "plate" for e in inc.evidence):
-            crop = self.renderer.plate_crop(frame.image, s.box_xyxy)
+            crop = self.renderer.plate_crop(image, s.box_xyxy)
             if crop is not None:
-                self._attach(inc, "plate-1.jpg", crop, frame.ts, "plate")
+                self._attach(inc, "plate-1.jpg", crop, ts, "plate")
         if self.request_plate and inc.plate_reads < MAX_PLATE_READS:
             inc.plate_reads += 1
-            self.request_plate(s.key, frame.image, s.box_xyxy)
+            self.request_plate(s.key, image, s.box_xyxy)
 
     def plate_read(self, key: str, text: str, confidence: float) -> None:
         """Called from the plate service's thread when a crop was read."""

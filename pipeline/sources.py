@@ -17,6 +17,10 @@ above it, every frame is decoded and only the sampled ones are converted to BGR.
 learnt from the packets (demuxing is ~0.03 ms a frame), so a connection starts in keyframe mode and switches
 at a keyframe.
 
+Evidence streams (``keyframe_sink``): a camera that detects on its sub-stream still takes evidence from
+its main stream, which is then only demuxed: every keyframe goes to the sink as a packet, decoded only
+when a still is taken (pipeline/evidence_stream.py).
+
 Timestamps: ``Frame.ts`` = wall time at the connection's first packet + (pts − first pts): the stream's own
 clock, anchored once per connection, never going backwards. Files that loop carry on from the last ``ts``.
 
@@ -37,7 +41,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,18 @@ class _Fault(Exception):
     def __init__(self, phase: str, cause: BaseException, got_frames: bool) -> None:
         super().__init__(phase)
         self.phase, self.cause, self.got_frames = phase, cause, got_frames
+
+
+@dataclass(frozen=True, slots=True)
+class Keyframe:
+    """One keyframe as it came off the wire, undecoded, with what a fresh decoder needs to decode it alone."""
+
+    data: bytes
+    ts: float  # as Frame.ts
+    codec: str
+    extradata: bytes | None
+    width: int
+    height: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +130,7 @@ class Source:
         queue_size: int = 2,
         fast_keyframes: bool = True,
         packet_gate: PacketGate | None = None,
+        keyframe_sink: Callable[[Keyframe], None] | None = None,
     ) -> None:
         target = str(target)
         self.camera_id = camera_id
@@ -151,6 +168,9 @@ class Source:
         self._session_frames = 0
         self.fast_keyframes = fast_keyframes
         self.packet_gate = packet_gate
+        # An evidence stream (pipeline/evidence_stream.py): nothing is decoded; every keyframe goes to the
+        # sink as a packet, and frames() yields nothing.
+        self.keyframe_sink = keyframe_sink
 
     # ---- FrameSource ---------------------------------------------------------------------------------------
 
@@ -393,11 +413,15 @@ class Source:
 
         bad = 0  # decode errors in a row
         gate = self.packet_gate
+        sink = self.keyframe_sink
+        src = stream.codec_context
         gop_bytes = gop_packets = 0  # this GOP's non-key packets
         motion = 0.0  # the largest GOP mean (bytes per P-frame) since the last decoded keyframe
         last_image: Any = None  # this connection's last decoded picture, for carried frames
         if key_iv is not None:  # a looping file's next pass already knows
             full = period < 0.9 * key_iv
+        if sink is not None:
+            full = False
         # our own decoder, never the stream's: a replaced one is then freed with its frame pool
         cc = self._decoder(stream, full)
         for pkt in container.demux(stream):
@@ -433,7 +457,7 @@ class Source:
                 if last_key_t is not None and t > last_key_t:
                     iv = t - last_key_t
                     key_iv = iv if key_iv is None else 0.5 * key_iv + 0.5 * iv
-                    want_full = period < 0.9 * key_iv
+                    want_full = period < 0.9 * key_iv and sink is None
                     if want_full is not full:
                         full = want_full
                         cc = self._decoder(stream, full)  # at a keyframe: a fresh decoder loses nothing
@@ -441,7 +465,7 @@ class Source:
                 last_key_t = t
                 synced = True
             elif not synced:
-                if t - first_t < _NO_KEYFRAME_S:
+                if t - first_t < _NO_KEYFRAME_S or sink is not None:
                     continue
                 synced = full = True  # the demuxer does not flag keyframes: let the decoder sort it out
                 cc = self._decoder(stream, True)
@@ -450,7 +474,7 @@ class Source:
                     continue
                 tsk = wall0 + (t - t0)
                 slack = 0.5 * (key_iv or frame_iv)
-                if next_due is not None and tsk < next_due - slack:
+                if sink is None and next_due is not None and tsk < next_due - slack:
                     continue  # a keyframe we do not need: not even decoded
                 next_due = _advance(next_due, tsk, period, slack)
             if self.is_file and self.realtime:
@@ -458,6 +482,11 @@ class Source:
                 if delay > 0 and self._wait(delay):
                     break
                 self._last_data = now()
+            if sink is not None:
+                sink(Keyframe(bytes(pkt), tsk, src.name, src.extradata, src.width, src.height))
+                self._count(tsk)
+                self._session_frames += 1
+                continue
             if not full and gate is not None and last_image is not None and gate.skip(motion, tsk):
                 # nothing moved, says the packet gate: time advances on the last picture, undecoded
                 ts = tsk if last_ts is None or tsk > last_ts else last_ts + frame_iv
@@ -548,10 +577,13 @@ class Source:
                     self._last_data = time.monotonic()  # waiting for the consumer is not a stall
             else:
                 return
+        self._count(frame.ts)
+
+    def _count(self, ts: float) -> None:
         t = time.monotonic()
         with self._lock:
             self._frames += 1
-            self._last_frame_ts = frame.ts
+            self._last_frame_ts = ts
             self._emitted.append(t)
 
 
@@ -560,10 +592,14 @@ def open_source(
     stop: threading.Event,
     redactor: Redactor | None = None,
     packet_gate: PacketGate | None = None,
+    keyframe_sink: Callable[[Keyframe], None] | None = None,
 ) -> Source:
-    """The ``Source`` for a configured camera; its URL's secrets go into ``redactor`` (or a private one)."""
+    """The ``Source`` that feeds a configured camera's detector: its ``detect_source`` where it has one,
+    else its ``source``. With ``keyframe_sink``: the camera's main ``source`` as an evidence stream (demuxed
+    only, every keyframe handed to the sink undecoded). The URL's secrets go into ``redactor`` (or a private
+    one)."""
     redactor = redactor or Redactor()
-    src = camera.source
+    src = camera.source if keyframe_sink is not None else camera.detect_source or camera.source
     common: dict[str, Any] = {
         "camera_id": camera.id,
         "detect_fps": camera.detect_fps,
@@ -573,6 +609,7 @@ def open_source(
         "stop": stop,
         "redactor": redactor,
         "packet_gate": packet_gate,
+        "keyframe_sink": keyframe_sink,
     }
     if isinstance(src, RtspSource):
         redactor.add(*src.secrets())

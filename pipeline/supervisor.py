@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.config import Camera, Config
 from pipeline.errors import ModelError, PinganError
 from pipeline.events import Event, ModelRef
+from pipeline.evidence_stream import EvidenceStream, open_evidence_stream
 from pipeline.health import CameraHealth
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
@@ -122,7 +123,15 @@ class Supervisor:
             if self.plates is not None:
                 builder.request_plate = self._plate_request(builder)
             self.workers.append(
-                CameraWorker(cam, cfg.site, self.scheduler, builder, self.stop, factory)  # type: ignore[arg-type]
+                CameraWorker(
+                    cam,
+                    cfg.site,
+                    self.scheduler,
+                    builder,
+                    self.stop,
+                    factory,  # type: ignore[arg-type]
+                    evidence_factory=self._open_evidence,
+                )
             )
         self.health = {w.camera.id: CameraHealth(w.camera, cfg.site) for w in self.workers}
         self.scheduler.start()
@@ -161,6 +170,9 @@ class Supervisor:
         from pipeline.sources import open_source
 
         return open_source(camera, stop, self.redactor)
+
+    def _open_evidence(self, camera: Camera, stop: threading.Event) -> EvidenceStream:
+        return open_evidence_stream(camera, stop, self.redactor)
 
     def _plate_service(self) -> PlateService | None:
         if not self.plate_reading or not any(
@@ -237,6 +249,10 @@ class Supervisor:
                 "detector_ms": st.detector_ms,
                 "outbox_depth": self.outbox.depth(),
             }
+            if st.evidence is not None:  # the main stream, where detection runs on a sub-stream
+                payload["evidence_state"] = st.evidence.state.value
+                why = st.evidence.reason
+                payload["evidence_reason"] = f"main stream: {self.redactor.redact(why)}" if why else None
             if put_status is not None:
                 put_status(w.camera.id, payload)
         self.report_bays(now_mono)

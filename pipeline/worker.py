@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import Camera, FileSource, SiteConfig, ZoneType
 from pipeline.detections import LABEL_IDS, Detections
+from pipeline.evidence_stream import EvidenceFactory, EvidenceStream, open_evidence_stream
 from pipeline.gate import SceneGate
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
@@ -66,6 +67,7 @@ class WorkerStatus:
     last_detection_ts: float | None
     carried: int = 0  # due keyframes the packet gate let go undecoded
     packet_gate: PacketGateStatus | None = None
+    evidence: SourceStatus | None = None  # the main stream, where detection runs on a sub-stream
 
 
 class CameraWorker:
@@ -79,6 +81,7 @@ class CameraWorker:
         source_factory: SourceFactory,
         rules: list[Rule] | None = None,
         tracker: object | None = None,
+        evidence_factory: EvidenceFactory | None = None,
     ) -> None:
         from pipeline.tracking import Tracker
 
@@ -107,12 +110,21 @@ class CameraWorker:
         self._gated = 0
         self._crashes = 0
         self._bays: dict[str, tuple[BayState, float]] = {}  # zone id -> (latest state, stream ts)
+        # Detecting on a sub-stream: the main stream gives the stills, and its size maps detections into the
+        # pixels the zones are drawn in.
+        self.evidence: EvidenceStream | None = None
+        if camera.detect_source is not None:
+            self.evidence = (evidence_factory or open_evidence_stream)(camera, stop)
+            if builder is not None:
+                builder.pictures = self.evidence
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
         scheduler.register(camera.id, camera.models, self._on_detections)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.evidence is not None:
+            self.evidence.start()
         self._thread.start()
 
     def join(self, timeout_s: float) -> bool:
@@ -144,10 +156,14 @@ class CameraWorker:
                 self.stop.wait()  # a finished file stays finished; rules keep their state until shutdown
             elif not self.stop.is_set():
                 self.stop.wait(backoff)  # frames() ends by itself only on faults the source gave up on
+        if self.evidence is not None:
+            self.evidence.close()
 
     # ---- per frame ----------------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
+        if self.evidence is not None and self.evidence.size() is None:
+            return  # the main stream's size is not known yet: zones cannot be placed on the sub-stream
         if frame.carried:  # not decoded: the packets said nothing moved; time runs on with the last result
             # ... unless the gate was held since the source decided (it reads ahead when the worker lags):
             # objects in zones are never judged on a picture that is not this moment's; the frame is dropped.
@@ -157,7 +173,8 @@ class CameraWorker:
             return
         if self.camera.static_gate:
             if self.gate is None:  # made on the first frame: it needs the frame size
-                polygons = [z.polygon for z in self.camera.zones]
+                sx, sy = self._scale(frame)
+                polygons = [[(x / sx, y / sy) for x, y in z.polygon] for z in self.camera.zones]
                 self.gate = SceneGate(polygons, frame.image.shape, refresh_s=self.camera.gate_refresh_s)
             changed = self.gate.changed(frame.image, frame.ts)
             if self.packet_gate is not None:
@@ -170,7 +187,16 @@ class CameraWorker:
         self.scheduler.submit(self.camera.id, frame)
 
     def _on_detections(self, frame: Frame, dets: Detections) -> None:
-        self._apply(frame, dets, detected=True)
+        sx, sy = self._scale(frame)
+        self._apply(frame, dets if sx == sy == 1.0 else dets.scaled(sx, sy), detected=True)
+
+    def _scale(self, frame: Frame) -> tuple[float, float]:
+        """From this frame's pixels to the main stream's (where zones are drawn): 1 without a sub-stream."""
+        size = self.evidence.size() if self.evidence is not None else None
+        if size is None:
+            return 1.0, 1.0
+        h, w = frame.image.shape[:2]
+        return size[0] / w, size[1] / h
 
     def _apply(self, frame: Frame, dets: Detections, detected: bool) -> None:
         with self._lock:
@@ -227,4 +253,5 @@ class CameraWorker:
             last_detection_ts=self._last_det_ts,
             carried=self._carried,
             packet_gate=self.packet_gate.status() if self.packet_gate is not None else None,
+            evidence=self.evidence.status() if self.evidence is not None else None,
         )

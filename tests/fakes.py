@@ -231,3 +231,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class InlineScheduler:
+    """The shared-detector seam (``InferenceScheduler``) run inline on the worker's thread: ``detect`` stands
+    in for the model. Records what it was given: ``seen`` (ts, found anything) and the picture ``shapes``."""
+
+    def __init__(self, detect: Callable[[Any], Any]) -> None:
+        self.detect = detect
+        self.done: Callable[[Any, Any], None] | None = None
+        self.seen: list[tuple[float, bool]] = []
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def register(self, camera_id: str, models: Any, done: Callable[[Any, Any], None]) -> None:
+        self.done = done
+
+    def submit(self, camera_id: str, frame: Any) -> None:
+        assert not frame.carried, "a carried frame must never reach the detector"
+        dets = self.detect(frame.image)
+        self.seen.append((frame.ts, len(dets) > 0))
+        self.shapes.add(frame.image.shape)
+        assert self.done is not None
+        self.done(frame, dets)
+
+    def dropped(self, camera_id: str) -> int:
+        return 0
+
+    def latency_ms(self, camera_id: str) -> float | None:
+        return None

@@ -66,8 +66,8 @@ def camera_public(row: dict[str, Any], rt: Runtime, now: datetime | None = None)
         health = "unknown"
     elif (now - reported).total_seconds() > rt.settings.camera_stale_s or row["state"] == "stopped":
         health = "offline"
-    elif row["state"] == "running":
-        health = "ok"
+    elif row["state"] == "running" and (row.get("stats") or {}).get("evidence_state") in (None, "running"):
+        health = "ok"  # detecting, and (where it detects on a sub-stream) its main stream gives stills
     else:
         health = "degraded"
     return CameraPublic.model_validate({**row, "health": health})

@@ -38,6 +38,24 @@ def test_status_report_and_grid(api_client, auth_headers):
     assert cams["bins-west"]["health"] == "unknown"
 
 
+def test_a_dead_main_stream_degrades_a_camera_that_detects_on_its_sub_stream(api_client, auth_headers):
+    url = "/api/cameras/gate-east/status"
+    down = dict(REPORT, evidence_state="backoff", evidence_reason="main stream: connection refused")
+    assert api_client.put(url, json=down, headers=WORKER).status_code == 204
+    cam = next(
+        c for c in api_client.get("/api/cameras", headers=auth_headers("op")).json() if c["id"] == "gate-east"
+    )
+    assert cam["health"] == "degraded"
+    assert cam["stats"]["evidence_reason"] == "main stream: connection refused"
+    assert api_client.put(url, json=dict(REPORT, evidence_state="running"), headers=WORKER).status_code == 204
+    cam = next(
+        c for c in api_client.get("/api/cameras", headers=auth_headers("op")).json() if c["id"] == "gate-east"
+    )
+    assert cam["health"] == "ok"
+    bad = dict(REPORT, evidence_state="exploded")
+    assert api_client.put(url, json=bad, headers=WORKER).status_code == 422
+
+
 def test_status_input_is_checked(api_client, auth_headers):
     from tests.fixtures.api import OTHER_WORKER_KEY
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,28 @@ def test_check_config_cli_exits_nonzero_without_traceback(tmp_path: Path) -> Non
     assert out.returncode == 2
     assert "cameras[1].zones[0].polygon: needs ≥ 3 points (line 25)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_detect_source_is_a_second_stream_whose_secrets_are_masked(tmp_path: Path) -> None:
+    from pipeline.cli import _logging
+    from pipeline.config import load_config
+
+    sub = "    detect_fps: 1\n"
+    text = GOOD.replace(
+        sub, "    detect_source: {url: 'rtsp://${CAM_USER}:${CAM_PASS}@127.0.0.1:8554/gate-sub'}\n" + sub, 1
+    ).replace(
+        "source: {path: demo.mp4, loop: true}", "source: {path: demo.mp4}\n    detect_source: {path: sub.mp4}"
+    )
+    path = tmp_path / "cameras.yaml"
+    path.write_text(text)
+    cfg = load_config(path)
+    gate, bins = cfg.camera("gate-east"), cfg.camera("bins-north")
+    assert isinstance(gate.detect_source, RtspSource) and gate.detect_source.resolved().endswith("/gate-sub")
+    assert isinstance(bins.detect_source, FileSource) and bins.detect_source.path == tmp_path / "sub.mp4"
+    assert [type(s) for s in gate.streams()] == [RtspSource, RtspSource]
+    only_sub = text.replace("${CAM_PASS}@127.0.0.1:8554/gate\n", "open@127.0.0.1:8554/gate\n", 1)
+    assert "${CAM_PASS}" in only_sub.split("detect_source")[1]  # the password is in the sub-stream's URL only
+    redactor: Any = _logging(parse_config(only_sub))
+    assert redactor.redact("pw p@ss/word, encoded p%40ss%2Fword") == "pw ***, encoded ***"
+    bad = _errors(text.replace("{path: sub.mp4}", "{path: sub.mp4, fps: 3}"))
+    assert bad == ["cameras[1].detect_source.fps: unknown field (line 22)"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pipeline.protocols import Frame
 from pipeline.sources import Source
 from pipeline.supervisor import EvidenceRenderer
 from pipeline.worker import CameraWorker
+from tests.fakes import InlineScheduler
 
 W, H, FPS = 640, 360, 10
 CAR = (400, 200, 560, 300)  # parked box x0, y0, x1, y1
@@ -105,30 +106,6 @@ def test_source_skips_decoding_only_quiet_keyframes(clip: Path) -> None:
             assert f.image is prev.image
 
 
-class ColourScheduler:
-    """The shared-detector seam, run inline: 'detects' the red car in the decoded picture."""
-
-    def __init__(self) -> None:
-        self.done: Callable[[Frame, Detections], None] | None = None
-        self.seen: list[tuple[float, bool]] = []
-
-    def register(self, camera_id: str, models: Any, done: Callable[[Frame, Detections], None]) -> None:
-        self.done = done
-
-    def submit(self, camera_id: str, frame: Frame) -> None:
-        assert not frame.carried, "a carried frame must never reach the detector"
-        dets = red_boxes(frame.image)
-        self.seen.append((frame.ts, len(dets) > 0))
-        assert self.done is not None
-        self.done(frame, dets)
-
-    def dropped(self, camera_id: str) -> int:
-        return 0
-
-    def latency_ms(self, camera_id: str) -> float | None:
-        return None
-
-
 def test_worker_with_packet_gate_still_reports_the_car(clip: Path) -> None:
     cam = Camera.model_validate(
         {
@@ -151,7 +128,7 @@ def test_worker_with_packet_gate_still_reports_the_car(clip: Path) -> None:
     site = SiteConfig(timezone="Asia/Shanghai")
     events: list[tuple[Any, dict[str, bytes]]] = []
     builder = IncidentBuilder(cam, site, EvidenceRenderer(), lambda ev, files: events.append((ev, files)))
-    sched = ColourScheduler()
+    sched = InlineScheduler(red_boxes)
     stop = threading.Event()
 
     delivered: list[tuple[float, bool]] = []
@@ -210,7 +187,9 @@ def test_only_objects_the_zones_watch_hold_the_gate() -> None:
             ],
         }
     )
-    worker = CameraWorker(cam, SiteConfig(), ColourScheduler(), None, threading.Event(), lambda c, s: None)  # type: ignore[arg-type]
+    worker = CameraWorker(
+        cam, SiteConfig(), InlineScheduler(red_boxes), None, threading.Event(), lambda c, s: None
+    )  # type: ignore[arg-type]
     inside, outside = [150, 120, 250, 190], [400, 120, 500, 190]
     assert worker._in_zones(Detections(xyxy=[inside], confidence=[0.9], class_id=[VEHICLE]))
     assert not worker._in_zones(Detections(xyxy=[outside], confidence=[0.9], class_id=[VEHICLE]))

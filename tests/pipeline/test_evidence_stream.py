@@ -1,0 +1,157 @@
+"""Detection on a camera's sub-stream, evidence from its main stream (pipeline/evidence_stream.py).
+
+Two H.264 clips of the same scene, as a camera sends them: the main stream at 1280×720 and the analytics
+sub-stream at 320×180 (10 fps, GOP 1 s). A red car drives into a fire lane drawn in main-stream pixels."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import Camera, SiteConfig
+from pipeline.detections import VEHICLE, Detections
+from pipeline.devtools.clips import CAR_BOX, make_clip, parking_scene
+from pipeline.evidence_stream import MAX_SKEW_S, EvidenceStream
+from pipeline.incidents import IncidentBuilder
+from pipeline.protocols import Frame
+from pipeline.sources import Keyframe, Source
+from pipeline.supervisor import EvidenceRenderer
+from pipeline.worker import CameraWorker
+from tests.fakes import InlineScheduler
+
+MAIN, SUB = (1280, 720), (320, 180)
+SECONDS, FPS = 8, 10
+CAR_MAIN = [CAR_BOX[0] * MAIN[0], CAR_BOX[1] * MAIN[1], CAR_BOX[2] * MAIN[0], CAR_BOX[3] * MAIN[1]]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("streams")
+    kw: dict[str, Any] = {"seconds": SECONDS, "fps": FPS, "gop": FPS, "scene_fn": parking_scene}
+    return make_clip(d / "main.mp4", size=MAIN, **kw), make_clip(d / "sub.mp4", size=SUB, **kw)
+
+
+def keyframes(path: Path) -> list[Keyframe]:
+    got: list[Keyframe] = []
+    with Source(path, loop=False, realtime=False, keyframe_sink=got.append) as src:
+        assert list(src.frames()) == []  # an evidence stream hands nothing to a detector
+        assert src.status().frames == len(got)
+    return got
+
+
+def test_source_hands_over_every_keyframe_undecoded(clips: tuple[Path, Path]) -> None:
+    got = keyframes(clips[0])
+    assert len(got) == SECONDS  # GOP 1 s
+    assert all(k.codec == "h264" and k.data for k in got)
+    gaps = np.diff([k.ts for k in got])
+    assert np.allclose(gaps, 1.0, atol=0.01)
+
+
+def test_picture_is_the_nearest_main_keyframe_else_the_frame_scaled_up(clips: tuple[Path, Path]) -> None:
+    stream = EvidenceStream("cam")
+    assert stream.size() is None
+    kfs = keyframes(clips[0])
+    for k in kfs:
+        stream.put(k)
+    assert stream.size() == MAIN
+    sub = np.full((SUB[1], SUB[0], 3), 7, np.uint8)
+    last = kfs[-1]
+    stream.decodes = 0
+
+    image, ts = stream.picture(Frame(image=sub, ts=last.ts - 0.3, index=0))
+    assert image.shape == (MAIN[1], MAIN[0], 3) and ts == last.ts
+    # it is the scene (the parked car in red where the clip put it), not the placeholder
+    x0, y0, x1, y1 = (int(v) for v in CAR_MAIN)
+    car = image[y0 + 20 : y1 - 20, x0 + 20 : x1 - 20].reshape(-1, 3).mean(axis=0)
+    assert car[2] > 150 and car[0] < 80
+    stream.picture(Frame(image=sub, ts=last.ts + 0.2, index=1))
+    assert stream.decodes == 1  # a second still of the same moment reuses the decoded keyframe
+
+    _, ts = stream.picture(Frame(image=sub, ts=kfs[-3].ts + 0.4, index=2))
+    assert ts == kfs[-3].ts and stream.decodes == 2
+
+    late = last.ts + MAX_SKEW_S + 1.0  # the main stream fell silent: the sub-stream picture, scaled up
+    image, ts = stream.picture(Frame(image=sub, ts=late, index=3))
+    assert ts == late and image.shape == (MAIN[1], MAIN[0], 3) and int(image.mean()) == 7
+
+
+def test_a_keyframe_that_does_not_decode_falls_back(clips: tuple[Path, Path]) -> None:
+    stream = EvidenceStream("cam")
+    good = keyframes(clips[0])[0]
+    stream.put(good)
+    bad = Keyframe(b"\x00\x00\x01garbage", good.ts + 1.0, "h264", None, 0, 0)
+    stream.put(bad)
+    sub = np.zeros((SUB[1], SUB[0], 3), np.uint8)
+    image, ts = stream.picture(Frame(image=sub, ts=bad.ts, index=0))
+    assert ts == bad.ts and image.shape == (MAIN[1], MAIN[0], 3)
+
+
+def red_car(image: Any) -> Detections:
+    b, g, r = (image[..., i].astype(np.int16) for i in range(3))
+    ys, xs = np.nonzero((r > 150) & (b < 80) & (g < 80))
+    if len(xs) <= 50:
+        return Detections.empty()
+    return Detections(
+        xyxy=[[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], confidence=[0.9], class_id=[VEHICLE]
+    )
+
+
+def test_worker_detects_on_the_sub_stream_and_takes_stills_from_the_main(clips: tuple[Path, Path]) -> None:
+    main, sub = clips
+    cam = Camera.model_validate(
+        {
+            "id": "lane",
+            "name": "消防通道",
+            "source": {"path": str(main), "loop": False},
+            "detect_source": {"path": str(sub), "loop": False},
+            "zones": [  # in main-stream pixels: the sub-stream's boxes are four times smaller
+                {
+                    "id": "fire-lane",
+                    "type": "fire_lane",
+                    "polygon": [[650, 300], [1150, 300], [1150, 600], [650, 600]],
+                    "dwell_s": 2,
+                }
+            ],
+        }
+    )
+    site = SiteConfig(timezone="Asia/Shanghai")
+    events: list[tuple[Any, dict[str, bytes]]] = []
+    builder = IncidentBuilder(cam, site, EvidenceRenderer(), lambda ev, files: events.append((ev, files)))
+    sched = InlineScheduler(red_car)
+    stop = threading.Event()
+
+    def factory(camera: Camera, stop_: threading.Event) -> Source:
+        from pipeline.sources import open_source
+
+        return open_source(camera, stop_)
+
+    worker = CameraWorker(cam, site, sched, builder, stop, factory)  # type: ignore[arg-type]
+    assert worker.evidence is not None and builder.pictures is worker.evidence
+    worker.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and worker.status().source.state.value != "stopped":
+        time.sleep(0.1)
+    stop.set()
+    assert worker.join(10)
+    st = worker.status()
+    assert sched.shapes == {(SUB[1], SUB[0], 3)}  # the detector only ever saw the sub-stream
+    assert st.evidence is not None and st.evidence.frames >= SECONDS - 1  # main keyframes, kept undecoded
+    opened = [(ev, files) for ev, files in events if ev.state.value == "open"]
+    assert len(opened) == 1
+    ev, files = opened[0]
+    assert ev.object is not None
+    assert np.allclose(ev.object.box_xyxy, CAR_MAIN, atol=8)  # the sub-stream box, in main pixels
+    stills = {e.name: e for e in ev.evidence}
+    assert "scene-1.jpg" in stills
+    for name, data in files.items():
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if name.startswith("scene"):
+            assert image.shape[1] == MAIN[0]  # a main-stream still (plus its caption band below)
+    # decoded: one keyframe to learn the size, then one per still at most; never every keyframe
+    assert worker.evidence.decodes <= 1 + len(stills)
