@@ -117,6 +117,8 @@ class CameraWorker:
             self.evidence = (evidence_factory or open_evidence_stream)(camera, stop)
             if builder is not None:
                 builder.pictures = self.evidence
+        self._waiting_since: float | None = None
+        self._waiting_told = False
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
         scheduler.register(camera.id, camera.models, self._on_detections)
 
@@ -163,7 +165,15 @@ class CameraWorker:
 
     def _on_frame(self, frame: Frame) -> None:
         if self.evidence is not None and self.evidence.size() is None:
-            return  # the main stream's size is not known yet: zones cannot be placed on the sub-stream
+            # The main stream's size is not known yet: zones (in its pixels) cannot be placed on the
+            # sub-stream. Its status (reported with the camera's) says why; the log says it once.
+            self._waiting_since = self._waiting_since or frame.ts
+            if not self._waiting_told and frame.ts - self._waiting_since > self.camera.open_timeout_s:
+                self._waiting_told = True
+                log.warning(
+                    "camera %s: not detecting until its main stream's picture size is known", self.camera.id
+                )
+            return
         if frame.carried:  # not decoded: the packets said nothing moved; time runs on with the last result
             # ... unless the gate was held since the source decided (it reads ahead when the worker lags):
             # objects in zones are never judged on a picture that is not this moment's; the frame is dropped.
