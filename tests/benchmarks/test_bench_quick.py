@@ -39,7 +39,7 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     out.mkdir()
-    levers = "parking_gate_on,event_to_api"
+    levers = "parking_gate_on,event_to_api,substream"
     args = [
         "--quick",
         "--levers",
@@ -61,6 +61,9 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
         "gop": 25,
         "bitrate_bps": 4_000_000,
     }
+    sub = result["clips"]["sub_format"]
+    assert (sub["width"], sub["height"], sub["gop"], sub["bitrate_bps"]) == (640, 360, 25, 512_000)
+    assert 0 < result["clips"]["bytes"]["street_sub"] < result["clips"]["bytes"]["street"]
     summary = result["summary"]
     for key in ("pingan_max_cameras", "naive_max_cameras", "ratio_pingan_over_naive", "pingan_at_max"):
         assert key in summary
@@ -82,13 +85,17 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
     assert any(row["latency_s"]["samples"] > 0 for row in ran if row["mode"] == "naive")
     # levers: rows for the ones asked for; the gate on a static scene carries results forward
     rows = {row["lever"]: row for row in result["levers"]}
-    assert {"baseline", "parking_gate_on", "event_to_api"} <= set(rows)
+    assert {"baseline", "parking_gate_on", "event_to_api", "substream"} <= set(rows)
     gate = rows["parking_gate_on"]
     assert gate["static_gate"] is True and gate["inference_calls"] + gate["gated"] > 0
     api = rows["event_to_api"]["event_to_api_s"]
     assert api["readable"] <= api["opened"]
     if api["readable"]:
         assert 0 <= api["p50"] <= api["max"]
+    # detection on the sub-stream; the main stream only demuxed, its keyframes kept for evidence
+    sub_row = rows["substream"]
+    assert sub_row["substream"] is True and "sub_urls" not in sub_row["settings"]
+    assert sub_row["latency_s"]["samples"] > 0 and sub_row["evidence_keyframes"] > 0
     assert [b["lever"] for b in result["summary"]["levers"]] == [r["lever"] for r in result["levers"]]
 
 
