@@ -22,7 +22,9 @@ its main stream, which is then only demuxed: every keyframe goes to the sink as 
 when a still is taken (pipeline/evidence_stream.py).
 
 Timestamps: ``Frame.ts`` = wall time at the connection's first packet + (pts − first pts): the stream's own
-clock, anchored once per connection, never going backwards. Files that loop carry on from the last ``ts``.
+clock, anchored once per connection, never going backwards. A live stream's anchor moves earlier whenever a
+packet is read sooner after its predecessors than its timestamps say (the ones buffered while probing came out
+late), so no frame is stamped later than its packet was read. Files that loop carry on from the last ``ts``.
 
 Hangs: FFmpeg's ``timeout`` option and PyAV's interrupt timeouts (``av.open(timeout=(open_s, read_s))`` with
 ``read_s = stall_timeout_s / 2``; a blocked read fails after ~2 × read_s) end a read on a silent socket; a
@@ -412,6 +414,7 @@ class Source:
         now = time.monotonic
 
         bad = 0  # decode errors in a row
+        live = not self.is_file
         gate = self.packet_gate
         sink = self.keyframe_sink
         src = stream.codec_context
@@ -443,6 +446,10 @@ class Source:
                     wall0, mono0 = time.time(), now()
                     if last_ts is not None and wall0 <= last_ts:
                         wall0 = last_ts + frame_iv
+            elif live:
+                # Probing buffers the first packets (32 kB: ~0.5 s of a 512 kb/s sub-stream), so the first
+                # one out arrived well before it was read: no packet may look captured after it was read.
+                wall0 = min(wall0, time.time() - (t - t0))
             key = pkt.is_keyframe
             if key and gop_packets:
                 mean = gop_bytes / gop_packets
@@ -601,7 +608,7 @@ def open_source(
     redactor = redactor or Redactor()
     src = camera.source if keyframe_sink is not None else camera.detect_source or camera.source
     common: dict[str, Any] = {
-        "camera_id": camera.id,
+        "camera_id": camera.id if keyframe_sink is None else f"{camera.id} (main stream)",  # logs say which
         "detect_fps": camera.detect_fps,
         "stall_timeout_s": camera.stall_timeout_s,
         "open_timeout_s": camera.open_timeout_s,

@@ -261,6 +261,35 @@ def test_rtsp_gets_frames(rtsp_server: Callable[..., Any], parking_clip: Path, n
 
 
 @pytest.mark.rtsp
+def test_rtsp_low_bitrate_frames_are_not_stamped_after_they_arrive(
+    rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path], no_thread_leak: None
+) -> None:
+    # A sub-stream-sized, mostly static clip: a few kB a second, so probing buffers seconds of packets and
+    # hands them out late; stamping the connection's clock when the first one is read put every frame ahead
+    # of the wall clock (a negative latency).
+    clip = clip_factory("parking_12s_320", seconds=12, fps=10, size=(320, 180), gop=10)
+    srv = rtsp_server({"sub": clip})
+    src = open_source(rtsp_camera(srv.url("sub")), threading.Event())
+    received: list[tuple[float, float]] = []
+
+    def run() -> None:
+        for f in src.frames():
+            received.append((time.time(), f.ts))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    end = time.monotonic() + 15
+    while len(received) < 5 and time.monotonic() < end:
+        time.sleep(0.05)
+    src.close()
+    t.join(5)
+    assert len(received) >= 5
+    late = [round(ts - got, 3) for got, ts in received if ts > got]
+    assert not late, f"frames stamped after they arrived, by (s): {late}"
+    assert received[-1][0] - received[-1][1] < 1.5  # still close to the wall clock
+
+
+@pytest.mark.rtsp
 def test_rtsp_server_killed_then_back(
     rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
 ) -> None:
