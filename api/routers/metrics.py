@@ -5,7 +5,7 @@ Labels carry ids only (camera id, event type, state): never a URL, a key or a re
 
 Per camera (from its latest status report): ``pingan_camera_up`` (1 when its health is ok), ``_fps``,
 ``_frames_total``, ``_dropped_frames_total``, ``_gated_frames_total`` (detection skipped: static scene),
-``_undecoded_keyframes_total`` (decoding skipped: the packet gate),
+``_undecoded_keyframes_total`` (decoding skipped: the packet gate), ``_main_stream_up`` (sub-stream cameras),
 ``_detections_total``, ``_detector_latency_seconds``, ``_outbox_depth``, ``_reconnects_total``,
 ``_last_report_timestamp_seconds``. Events: ``pingan_events{type,state}``, ``pingan_event_dispositions{type,
 disposition}``, ``pingan_events_escalated{type}``. Live feed: ``pingan_sse_subscribers``. MQTT:
@@ -147,6 +147,12 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
         "counter",
         "due keyframes not even decoded (packet gate: nothing moved)",
         per_camera(stat("undecoded")),
+    )
+    out.family(
+        "pingan_camera_main_stream_up",
+        "gauge",
+        "cameras detecting on their sub-stream: 1 while the main stream (evidence stills) runs",
+        per_camera(lambda r, p: None if (v := stat("evidence_state")(r, p)) is None else int(v == "running")),
     )
     out.family("pingan_camera_detections_total", "counter", "detector runs", per_camera(stat("detections")))
     out.family(

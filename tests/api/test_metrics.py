@@ -45,6 +45,7 @@ def test_metrics_figures(client, auth_headers):
     status = {
         "state": "running", "fps": 1.5, "frames": 400, "dropped": 3, "reconnects": 2,
         "detections": 120, "gated": 280, "undecoded": 90, "detector_ms": 38.5, "outbox_depth": 4,
+        "evidence_state": "backoff",
         "reason": "rtsp://admin:hunter2@10.0.0.5/stream",
     }  # fmt: skip
     assert client.put("/api/cameras/gate-east/status", json=status, headers=WORKER).status_code == 204
@@ -63,7 +64,9 @@ def test_metrics_figures(client, auth_headers):
     assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert "hunter2" not in r.text and "rtsp://" not in r.text and TOKEN not in r.text
     s = parse(r.text)
-    assert val(s, "pingan_camera_up", camera="gate-east") == 1
+    assert val(s, "pingan_camera_up", camera="gate-east") == 0  # its main stream (evidence) is down
+    assert val(s, "pingan_camera_main_stream_up", camera="gate-east") == 0
+    assert ("pingan_camera_main_stream_up", frozenset({("camera", "lot-north")})) not in s
     assert val(s, "pingan_camera_up", camera="lot-north") == 0  # never reported
     assert val(s, "pingan_camera_fps", camera="gate-east") == 1.5
     assert val(s, "pingan_camera_frames_total", camera="gate-east") == 400
