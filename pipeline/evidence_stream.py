@@ -7,9 +7,11 @@ one is decoded (~20 ms at 1080p) only when the incident builder takes a still, a
 main stream's picture size, learnt from a decoded keyframe, maps detections into its pixels, where zones are
 drawn and where event boxes and stills are.
 
-When no main keyframe lies close enough in time (the main stream is down or still connecting), a still falls
-back to the sub-stream picture scaled up to the main size: geometry stays consistent and the still's own
-timestamp stays true, only its detail is lower.
+The main stream is connected only while stills may be needed (an object the zones watch overlaps one, or an
+incident is open) and for a minute after, and once at the start to learn its size: a quiet camera costs its
+sub-stream alone. When no main keyframe lies close enough in time (the main stream is down, let go, or still
+connecting), a still falls back to the sub-stream picture scaled up to the main size: geometry stays
+consistent and the still's own timestamp stays true, only its detail is lower.
 """
 
 from __future__ import annotations
@@ -43,16 +45,34 @@ KEEP_KEYFRAMES = 5
 MAX_SKEW_S = 2.0
 # The main stream's picture size is checked this often (a camera reconfigured to another resolution).
 SIZE_CHECK_S = 60.0
+# The main stream stays connected this long after stills were last possible (an object in a zone, an incident
+# open): a car that stops again soon finds it ready, a quiet camera does not demux 4 Mb/s for nothing.
+LINGER_S = 60.0
+
+Opener = Callable[[Callable[[Keyframe], None]], Source]
 
 
 class EvidenceStream:
     """Keeps a camera's latest main-stream keyframes undecoded; decodes one when a still needs it.
 
-    ``put`` runs on the source's reader thread; ``picture``, ``size`` and ``status`` on any other."""
+    With an ``opener`` (a ``Source`` for a keyframe sink), the main stream is connected only while the worker
+    says stills may be needed (``want``) and for ``linger_s`` after. ``put`` runs on the source's reader
+    thread; ``picture``, ``size`` and ``status`` on any other; ``want`` on the worker's."""
 
-    def __init__(self, camera_id: str, keep: int = KEEP_KEYFRAMES) -> None:
+    def __init__(
+        self,
+        camera_id: str,
+        keep: int = KEEP_KEYFRAMES,
+        opener: Opener | None = None,
+        linger_s: float = LINGER_S,
+    ) -> None:
         self.camera_id = camera_id
         self.source: Source | None = None
+        self._opener = opener
+        self.linger_s = linger_s
+        self._wanted_ts: float | None = None  # stream time stills were last possible
+        self._retired: list[Source] = []  # let go, their readers ending; closed (joined) later
+        self.connects = 0
         self._lock = threading.Lock()
         self._keyframes: deque[Keyframe] = deque(maxlen=keep)
         self._size: tuple[int, int] | None = None  # (width, height) of the main stream
@@ -63,13 +83,49 @@ class EvidenceStream:
     # ---- life cycle -------------------------------------------------------------------------------------
 
     def start(self) -> EvidenceStream:
-        if self.source is not None:
+        if self.source is None and self._opener is not None:
+            self._connect()
+        elif self.source is not None:
             self.source.start()
         return self
 
     def close(self) -> None:
-        if self.source is not None:
-            self.source.close()
+        for src in [*self._retired, *([self.source] if self.source is not None else [])]:
+            src.close()
+        self._retired.clear()
+
+    def want(self, wanted: bool, ts: float) -> None:
+        """Told per processed frame (stream time ``ts``) whether stills may be needed soon. Until the main
+        stream's size is known it stays connected regardless (detections need it)."""
+        if self._opener is None:
+            return
+        if wanted or self._wanted_ts is None or self.size() is None:
+            self._wanted_ts = ts
+        if self.source is None:
+            if wanted:
+                self._connect()
+        elif ts - self._wanted_ts > self.linger_s:
+            self._let_go()
+
+    def _connect(self) -> None:
+        assert self._opener is not None
+        self.source = self._opener(self.put).start()
+        self.connects += 1
+        log.debug("camera %s: main stream connecting (stills may be needed)", self.camera_id)
+
+    def _let_go(self) -> None:
+        src, self.source = self.source, None
+        assert src is not None
+        src.stop()  # its reader ends at its next packet; joined by a later close()
+        self._retired.append(src)
+        while len(self._retired) > 2:
+            self._retired.pop(0).close()
+        with self._lock:  # old pictures are no use to a later still, and 1080p ones are large
+            self._keyframes.clear()
+            self._decoded = None
+        log.debug(
+            "camera %s: main stream let go (no stills needed for %.0f s)", self.camera_id, self.linger_s
+        )
 
     def status(self) -> SourceStatus | None:
         return self.source.status() if self.source is not None else None
@@ -79,6 +135,8 @@ class EvidenceStream:
     def put(self, kf: Keyframe) -> None:
         with self._lock:
             self._keyframes.append(kf)
+            if self._decoded is not None and self._decoded[0] < self._keyframes[0].ts:
+                self._decoded = None  # its keyframe is gone: free the picture (6 MB at 1080p)
             due = self._size_ts is None or kf.ts - self._size_ts >= SIZE_CHECK_S or kf.ts < self._size_ts
         if due:
             image = self._decode(kf)
@@ -88,7 +146,6 @@ class EvidenceStream:
                     if self._size not in (None, (w, h)):
                         log.warning("camera %s: main stream is now %d×%d", self.camera_id, w, h)
                     self._size, self._size_ts = (w, h), kf.ts
-                    self._decoded = (kf.ts, image)
 
     # ---- the builder's side -----------------------------------------------------------------------------
 
@@ -143,7 +200,10 @@ EvidenceFactory = Callable[[Camera, threading.Event], EvidenceStream]
 def open_evidence_stream(
     camera: Camera, stop: threading.Event, redactor: Redactor | None = None
 ) -> EvidenceStream:
-    """The evidence stream of a camera with a ``detect_source``: its main ``source``, demuxed only."""
-    stream = EvidenceStream(camera.id)
-    stream.source = open_source(camera, stop, redactor, keyframe_sink=stream.put)
-    return stream
+    """The evidence stream of a camera with a ``detect_source``: its main ``source``, demuxed only, connected
+    while stills may be needed (``EvidenceStream.want``)."""
+
+    def opener(sink: Callable[[Keyframe], None]) -> Source:
+        return open_source(camera, stop, redactor, keyframe_sink=sink)
+
+    return EvidenceStream(camera.id, opener=opener)

@@ -222,6 +222,10 @@ class Source:
         self._drain()
         self._set_state(SourceState.STOPPED, self._reason if self._state is SourceState.STOPPED else None)
 
+    def stop(self) -> None:
+        """Ask the reader thread to end (at its next packet or wait); unlike close(), do not wait for it."""
+        self._closed.set()
+
     def __enter__(self) -> Source:
         return self
 

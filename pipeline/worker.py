@@ -226,10 +226,14 @@ class CameraWorker:
                 if signals:
                     self.builder.handle(signals, frame)
                 self.builder.observe(frame)
-            if self.packet_gate is not None:
+            if self.packet_gate is not None or self.evidence is not None:
+                # stills may be needed: an incident is open, or an object the zones watch overlaps one
                 busy = self.builder is not None and self.builder.busy()
                 self._held = busy or self._in_zones(tracked)
-                self.packet_gate.hold(self._held)
+                if self.packet_gate is not None:
+                    self.packet_gate.hold(self._held)
+                if self.evidence is not None:
+                    self.evidence.want(self._held, frame.ts)
 
     def _in_zones(self, dets: Detections) -> bool:
         """Does any object overlap any zone's bounding box? (Coarse on purpose: it only keeps decoding on.)"""

@@ -5,8 +5,10 @@ sub-stream at 320×180 (10 fps, GOP 1 s). A red car drives into a fire lane draw
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from pipeline.config import Camera, SiteConfig
 from pipeline.detections import VEHICLE, Detections
 from pipeline.devtools.clips import CAR_BOX, make_clip, parking_scene
-from pipeline.evidence_stream import MAX_SKEW_S, EvidenceStream
+from pipeline.evidence_stream import KEEP_KEYFRAMES, MAX_SKEW_S, EvidenceStream
 from pipeline.incidents import IncidentBuilder
 from pipeline.protocols import Frame
 from pipeline.sources import Keyframe, Source
@@ -76,7 +78,11 @@ def test_picture_is_the_nearest_main_keyframe_else_the_frame_scaled_up(clips: tu
     _, ts = stream.picture(Frame(image=sub, ts=kfs[-3].ts + 0.4, index=2))
     assert ts == kfs[-3].ts and stream.decodes == 2
 
-    late = last.ts + MAX_SKEW_S + 1.0  # the main stream fell silent: the sub-stream picture, scaled up
+    for k in kfs[:KEEP_KEYFRAMES]:  # newer keyframes push the decoded ones out: their picture is freed
+        stream.put(dataclasses.replace(k, ts=k.ts + 100))
+    assert stream._decoded is None
+
+    late = last.ts + 100 + MAX_SKEW_S + 1.0  # the main stream fell silent: the sub-stream picture, scaled up
     image, ts = stream.picture(Frame(image=sub, ts=late, index=3))
     assert ts == late and image.shape == (MAIN[1], MAIN[0], 3) and int(image.mean()) == 7
 
@@ -155,3 +161,50 @@ def test_worker_detects_on_the_sub_stream_and_takes_stills_from_the_main(clips: 
             assert image.shape[1] == MAIN[0]  # a main-stream still (plus its caption band below)
     # decoded: one keyframe to learn the size, then one per still at most; never every keyframe
     assert worker.evidence.decodes <= 1 + len(stills)
+
+
+def test_main_stream_is_connected_only_while_stills_may_be_needed(clips: tuple[Path, Path]) -> None:
+    stop = threading.Event()
+    opened: list[Source] = []
+
+    def opener(sink: Callable[[Keyframe], None]) -> Source:
+        opened.append(Source(clips[0], camera_id="cam", keyframe_sink=sink, stop=stop))  # real time, looping
+        return opened[-1]
+
+    def reading(src: Source) -> bool:
+        return src._thread is not None and src._thread.is_alive()
+
+    stream = EvidenceStream("cam", opener=opener, linger_s=5.0)
+    stream.start()  # connected at once: detections need the main stream's size
+    t = 1_000.0
+    deadline = time.monotonic() + 10
+    while stream.size() is None and time.monotonic() < deadline:
+        stream.want(False, t)  # nothing to watch, but the size is not known yet: it stays
+        time.sleep(0.05)
+    assert stream.size() == MAIN and stream.source is opened[0]
+    stream.want(False, t + 4.0)
+    assert stream.source is opened[0]  # within the linger time
+    stream.want(False, t + 6.0)
+    assert stream.source is None and stream.status() is None and stream.size() == MAIN  # let go, size kept
+    deadline = time.monotonic() + 5
+    while reading(opened[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not reading(opened[0])  # its reader ended by itself
+
+    sub = np.zeros((SUB[1], SUB[0], 3), np.uint8)
+    image, _ = stream.picture(Frame(image=sub, ts=time.time(), index=0))
+    assert int(image.mean()) == 0  # nothing kept from before: the sub-stream picture, scaled up
+
+    stream.want(True, t + 7.0)  # a car enters a zone: connected again
+    assert stream.source is opened[1] and len(opened) == 2
+    stream.want(False, t + 11.0)
+    assert stream.source is opened[1]  # the linger time runs from the last want
+    deadline = time.monotonic() + 5
+    while stream.status() is not None and stream.status().frames == 0 and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.05)
+    image, ts = stream.picture(Frame(image=sub, ts=time.time(), index=1))
+    assert (
+        image.shape == (MAIN[1], MAIN[0], 3) and int(image.mean()) > 0 and abs(ts - time.time()) < MAX_SKEW_S
+    )
+    stream.close()
+    assert not any(reading(s) for s in opened)
