@@ -10,9 +10,9 @@ What it does:
    with temporal sensor noise; and a "parking lot" clip (the same scene frozen, noise only) for the gate
    lever. Without vtest.avi it falls back to ffmpeg's ``testsrc2`` pattern (recorded in the JSON). And the
    street clip's sub-stream: the same source and filters at 640×360, GOP 25, ~512 kb/s (a Hikvision/Dahua
-   camera's analytics stream).
-2. Serves many copies (paths ``s0…``, ``p0…``, sub-streams ``sub0…``) from one GStreamer RTSP server process
-   on 127.0.0.1, in real time.
+   camera's analytics stream); and the quiet "lot" clip's, at 640×360 with its cap scaled the same way.
+2. Serves many copies (paths ``s0…``, ``p0…``, ``l0…``, sub-streams ``sub0…``, ``lsub0…``) from one GStreamer
+   RTSP server process on 127.0.0.1, in real time.
 3. For each N tried, runs a fresh sub-process (so CPU and RSS are that configuration's own):
 
    - ``pingan``: N cameras through the real path: ``pipeline.sources.Source`` (keyframe-only decode at
@@ -36,8 +36,9 @@ What it does:
    kept as packets and decoded for evidence stills. Zones stay in main-stream pixels. It has the pingan
    search's budget (0.6 × ``--budget-s``, on top), starts at pingan's largest N; reports its ratio to naive.
 5. ``--levers`` adds rows at a fixed N: full decode instead of keyframe-only, detection on the sub-stream,
-   the static-scene gate on/off on the parking-lot clip (inference calls saved), precision variants listed in
-   the manifest, one vs two inference threads, ORT intra-op threads and spinning.
+   the static-scene gate on/off on the parking-lot clip (inference calls saved), the packet gate on a quiet
+   camera (and that camera detecting on its sub-stream, its main stream connected only while needed),
+   precision variants listed in the manifest, one vs two inference threads, ORT intra-op threads and spinning.
 
 The RTSP server's own CPU and how busy the whole machine was (``/proc/stat``) are recorded per trial: on a
 shared box the figures move with everyone else's load.
@@ -101,6 +102,7 @@ ZONES_LOT: list[dict[str, Any]] = [
 ]
 RESULT_PREFIX = "RESULT "
 SUB_PREFIX = "sub"  # the RTSP server's paths of the street clip's sub-stream: /sub0, /sub1 …
+LOT_SUB_PREFIX = "lsub"  # … and of the lot clip's: /lsub0, /lsub1 …
 SUBSTREAM_WHAT = (
     "1080p main stream demuxed only (keyframes decoded for evidence), "
     f"detection on a {SUB_W}×{SUB_H} sub-stream"
@@ -148,13 +150,33 @@ def _encode_args(seconds: float, kbps: int = 4000) -> list[str]:
     ]
 
 
+def _crf_args(seconds: float, kbps: int) -> list[str]:
+    """As ``_encode_args``, but quality-capped VBR: ``-crf 23`` instead of the bitrate, capped at 1.1 × kbps
+    (2 s buffer)."""
+    args = _encode_args(seconds, kbps)
+    i = args.index("-b:v")
+    args[i : i + 2] = ["-crf", "23"]
+    return args
+
+
 def _scene_vf(width: int, height: int) -> str:
     return f"scale={width}:{height}:flags=bicubic,fps=25,noise=alls=5:allf=t"
 
 
+def _lot_vf(seconds: float, width: int, height: int) -> str:
+    """A quiet camera: 2 s of real motion, then the scene holds still; light grain (the camera's 3D noise
+    reduction leaves little)."""
+    hold = max(0.0, seconds - 2.0)
+    return (
+        "trim=duration=2,setpts=PTS-STARTPTS,"
+        f"tpad=stop_mode=clone:stop_duration={hold:g},"
+        f"scale={width}:{height}:flags=bicubic,fps=25,noise=alls=2:allf=t"
+    )
+
+
 def make_clips(cache_dir: Path, seconds: float = 12.0) -> dict[str, Any]:
-    """``street.mp4`` (motion) and ``parking.mp4`` (static) at 1080p25, GOP 25, ~4 Mb/s, and the street clip's
-    640×360 sub-stream (~512 kb/s, same GOP); cached by name."""
+    """``street.mp4`` (motion) and ``parking.mp4`` (static) at 1080p25, GOP 25, ~4 Mb/s, the quiet ``lot``
+    clip (VBR), and the street and lot clips' 640×360 sub-streams (same GOP); cached by name."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{int(seconds)}s"
     street, parking = cache_dir / f"street-{tag}.mp4", cache_dir / f"parking-{tag}.mp4"
@@ -193,24 +215,17 @@ def make_clips(cache_dir: Path, seconds: float = 12.0) -> dict[str, Any]:
             check=True,
         )
         tmp.replace(parking)
-    lot = cache_dir / f"lot-{tag}.mp4"
-    if not lot.exists():
-        # A quiet camera as cameras encode it: 2 s of real motion, then the scene holds still; light grain
-        # (the camera's 3D noise reduction leaves little) and quality-capped VBR (-crf with a 4.4 Mb/s cap),
-        # so P-frames cost bits where something moves. The packet-gate lever runs on it.
-        hold = max(0.0, seconds - 2.0)
-        vf = (
-            "trim=duration=2,setpts=PTS-STARTPTS,"
-            f"tpad=stop_mode=clone:stop_duration={hold:g},"
-            f"scale={OUT_W}:{OUT_H}:flags=bicubic,fps=25,noise=alls=2:allf=t"
-        )
-        args = _encode_args(seconds)
-        i = args.index("-b:v")
-        args[i : i + 2] = ["-crf", "23"]
-        tmp = lot.with_suffix(".tmp.mp4")
-        subprocess.run([*ff, *src, "-vf", vf, *args, str(tmp)], check=True)
-        tmp.replace(lot)
-    files = {"street": street, "street_sub": street_sub, "parking": parking, "lot": lot}
+    # A quiet camera as cameras encode it (see _lot_vf), quality-capped VBR (-crf with a 4.4 Mb/s cap), so
+    # P-frames cost bits where something moves. The packet-gate levers run on it. Its sub-stream: the same
+    # source and filters at the sub-stream's size, the cap scaled as the street sub-stream's bitrate is.
+    lot, lot_sub = cache_dir / f"lot-{tag}.mp4", cache_dir / f"lot-sub{SUB_W}x{SUB_H}-{tag}.mp4"
+    for path, (w, h), kbps in ((lot, (OUT_W, OUT_H), 4000), (lot_sub, (SUB_W, SUB_H), SUB_KBPS)):
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.mp4")
+            vf = _lot_vf(seconds, w, h)
+            subprocess.run([*ff, *src, "-vf", vf, *_crf_args(seconds, kbps), str(tmp)], check=True)
+            tmp.replace(path)
+    files = {"street": street, "street_sub": street_sub, "parking": parking, "lot": lot, "lot_sub": lot_sub}
     return {
         **{k: str(f) for k, f in files.items()},
         "content": "vtest.avi (opencv-doc, real CCTV) scaled to 1080p + temporal noise"
@@ -226,6 +241,16 @@ def make_clips(cache_dir: Path, seconds: float = 12.0) -> dict[str, Any]:
             "fps": 25,
             "gop": 25,
             "bitrate_bps": SUB_KBPS * 1000,
+        },
+        "lot_sub_format": {
+            "clip": "lot_sub",
+            "what": f"the lot clip's sub-stream: same source and filters, scaled to {SUB_W}×{SUB_H}; -crf 23 "
+            f"capped at {SUB_KBPS * 11 // 10} kb/s (the lot's 4400 kb/s cap × {SUB_KBPS}/4000)",
+            "width": SUB_W,
+            "height": SUB_H,
+            "fps": 25,
+            "gop": 25,
+            "max_bitrate_bps": SUB_KBPS * 11 // 10 * 1000,
         },
         "bytes": {k: f.stat().st_size for k, f in files.items()},
         "seconds": seconds,
@@ -511,6 +536,7 @@ class _ApiPath:
 def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     from pipeline.config import Camera, SiteConfig
     from pipeline.events import ModelRef
+    from pipeline.evidence_stream import open_evidence_stream
     from pipeline.incidents import IncidentBuilder
     from pipeline.inference import InferenceScheduler
     from pipeline.sources import open_source
@@ -548,6 +574,20 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             return src
         return open_source(camera, stop_)
 
+    main_keyframes: list[int] = []  # per camera on a sub-stream: main keyframes demuxed, over reconnections
+
+    def evidence_factory(camera: Camera, stop_: threading.Event) -> Any:
+        stream, i = open_evidence_stream(camera, stop_), len(main_keyframes)
+        main_keyframes.append(0)
+        put = stream.put
+
+        def counted(kf: Any) -> None:  # every connection's (the main stream is let go and reconnected)
+            main_keyframes[i] += 1
+            put(kf)
+
+        stream.put = counted  # type: ignore[method-assign]  # the sink its connections get
+        return stream
+
     workers: list[BenchWorker] = []
     gate_on = False
     for i, url in enumerate(spec.urls[: spec.n]):
@@ -575,7 +615,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             model=ModelRef(name=detector.name, sha256=detector.sha256),
         )
         gate_on = bool(getattr(cam, "static_gate", False))
-        w = BenchWorker(cam, site, scheduler, builder, stop, factory)  # type: ignore[arg-type]
+        w = BenchWorker(cam, site, scheduler, builder, stop, factory, evidence_factory=evidence_factory)  # type: ignore[arg-type]
         w.tally = _Tally()
         tallies.append(w.tally)
         workers.append(w)
@@ -592,8 +632,11 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "gated": sum(s.gated for s in st),
             "carried": sum(s.carried for s in st),
             "dropped": sum(s.dropped for s in st),
-            # detecting on sub-streams: the main streams' keyframes, demuxed and kept for evidence
-            "evidence_keyframes": sum(e.frames for s in st if (e := getattr(s, "evidence", None))),
+            # detecting on sub-streams: the main streams' keyframes, demuxed and kept for evidence; how often
+            # they were (re)connected, and how many are connected now
+            "evidence_keyframes": sum(main_keyframes),
+            "main_stream_connects": sum(getattr(w.evidence, "connects", 0) for w in workers),
+            "main_streams_connected": sum(getattr(s, "evidence", None) is not None for s in st),
         }
 
     return _measure(
@@ -859,6 +902,12 @@ def _measure(
         row["dropped_note"] = "frames not read in the window (25 fps expected): the reader fell behind"
     if spec.sub_urls:
         row["evidence_keyframes"] = delta["evidence_keyframes"]
+        row["main_stream_connects"] = delta["main_stream_connects"]  # (re)connections in the window
+        # main streams connected at the window's start and end (the others let go: nothing needed stills)
+        row["main_streams_connected"] = {
+            "start": c0["main_streams_connected"],
+            "end": c1["main_streams_connected"],
+        }
     return row
 
 
@@ -1062,6 +1111,11 @@ class Runner:
             packet_gate=True,
             **lot,
         )
+        what = (
+            f"quiet camera as lot_packet_gate, detecting on its {SUB_W}×{SUB_H} sub-stream; the 1080p main "
+            "stream connected only while a vehicle is in a zone or an incident is open (+60 s)"
+        )
+        lever("lot_substream", what, packet_gate=True, sub_clip=LOT_SUB_PREFIX, **lot)
         entry = model_entry(o.model, ROOT / "models")
         precisions = [p for p in ("fp32", *entry.variants) if p != base_precision and p != "fp16"]
         for p in precisions:
@@ -1172,7 +1226,16 @@ def _merge_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "per_process_model": rss_model / len(rows),
         },
         "events": sum(r.get("events", 0) for r in rows),
-        **({"evidence_keyframes": sum(r["evidence_keyframes"] for r in rows)} if spec.sub_urls else {}),
+        **(_merge_main_streams(rows) if spec.sub_urls else {}),
+    }
+
+
+def _merge_main_streams(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    connected = [r["main_streams_connected"] for r in rows]
+    return {
+        "evidence_keyframes": sum(r["evidence_keyframes"] for r in rows),
+        "main_stream_connects": sum(r["main_stream_connects"] for r in rows),
+        "main_streams_connected": {k: sum(c[k] for c in connected) for k in ("start", "end")},
     }
 
 
@@ -1206,6 +1269,7 @@ def run(opts: Options) -> dict[str, Any]:
     if opts.levers:
         paths |= {f"p{i}": clips["parking"] for i in range(opts.lever_n)}
         paths |= {f"l{i}": clips["lot"] for i in range(opts.lever_n)}
+        paths |= {f"{LOT_SUB_PREFIX}{i}": clips["lot_sub"] for i in range(opts.lever_n)}
     log_dir = opts.cache_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     server = Server(paths, log_dir / "rtsp-server.log").start()
@@ -1350,6 +1414,7 @@ def _lever_brief(row: dict[str, Any]) -> dict[str, Any]:
         "precision": row.get("precision"),
         "rss_mib_per_camera": (row.get("rss_mib") or {}).get("per_camera"),
         **({"event_to_api_s": row["event_to_api_s"]} if row.get("event_to_api_s") else {}),
+        **{k: row[k] for k in ("evidence_keyframes", "main_streams_connected") if k in row},
     }
 
 

@@ -64,6 +64,7 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
     sub = result["clips"]["sub_format"]
     assert (sub["width"], sub["height"], sub["gop"], sub["bitrate_bps"]) == (640, 360, 25, 512_000)
     assert 0 < result["clips"]["bytes"]["street_sub"] < result["clips"]["bytes"]["street"]
+    assert 0 < result["clips"]["bytes"]["lot_sub"] < result["clips"]["bytes"]["lot"]
     summary = result["summary"]
     for key in ("pingan_max_cameras", "naive_max_cameras", "ratio_pingan_over_naive", "pingan_at_max"):
         assert key in summary
@@ -96,7 +97,32 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
     sub_row = rows["substream"]
     assert sub_row["substream"] is True and "sub_urls" not in sub_row["settings"]
     assert sub_row["latency_s"]["samples"] > 0 and sub_row["evidence_keyframes"] > 0
+    assert sub_row["main_stream_connects"] >= 0 and set(sub_row["main_streams_connected"]) == {"start", "end"}
     assert [b["lever"] for b in result["summary"]["levers"]] == [r["lever"] for r in result["levers"]]
+
+
+def test_bench_cameras_lot_substream_lever(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quiet-camera sub-stream lever is the packet-gate lever plus the lot clip's sub-stream paths."""
+    from benchmarks import bench_cameras
+
+    opts = bench_cameras.Options(levers=True, lever_names="lot_packet_gate,lot_substream")
+    server = bench_cameras.Server({}, tmp_path / "server.log")
+    server.url = "rtsp://127.0.0.1:8554"
+    runner = bench_cameras.Runner(opts, server, tmp_path)
+    calls: dict[str, dict[str, Any]] = {}
+
+    def trial(mode: str, n: int, **kw: Any) -> dict[str, Any]:
+        calls[kw["label"]] = kw
+        return {"mode": mode, "n": n, "label": kw["label"], "keeps_up": True}
+
+    monkeypatch.setattr(runner, "trial", trial)
+    rows = runner.levers(2)
+    assert [r["lever"] for r in rows] == ["baseline", "lot_packet_gate", "lot_substream"]
+    gate, sub = calls["lot_packet_gate"], calls["lot_substream"]
+    assert sub.pop("sub_clip") == "lsub" and sub.pop("label") == "lot_substream"
+    gate.pop("label")
+    assert sub == gate and gate["clip"] == "l" and gate["packet_gate"] is True
+    assert runner.urls("lsub", 2) == ["rtsp://127.0.0.1:8554/lsub0", "rtsp://127.0.0.1:8554/lsub1"]
 
 
 def test_bench_detector_quick(tmp_path: Path) -> None:
