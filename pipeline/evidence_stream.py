@@ -99,13 +99,13 @@ class EvidenceStream:
         stream's size is known it stays connected regardless (detections need it)."""
         if self._opener is None:
             return
-        if wanted or self._wanted_ts is None or self.size() is None:
+        if wanted or self.size() is None:
             self._wanted_ts = ts
         if self.source is None:
             if wanted:
                 self._connect()
-        elif ts - self._wanted_ts > self.linger_s:
-            self._let_go()
+        elif self._wanted_ts is None or ts - self._wanted_ts > self.linger_s:
+            self._let_go()  # (the first connection, only for the size, goes as soon as the size is known)
 
     def _connect(self) -> None:
         assert self._opener is not None

@@ -138,7 +138,17 @@ def test_worker_detects_on_the_sub_stream_and_takes_stills_from_the_main(clips: 
         return open_source(camera, stop_)
 
     worker = CameraWorker(cam, site, sched, builder, stop, factory)  # type: ignore[arg-type]
-    assert worker.evidence is not None and builder.pictures is worker.evidence
+    evidence = worker.evidence
+    assert evidence is not None and builder.pictures is evidence
+    from_main: list[bool] = []  # per still: a main-stream keyframe (its own time), or the sub-stream fallback
+    picture = evidence.picture
+
+    def recorded(frame: Frame) -> tuple[Any, float]:
+        image, ts = picture(frame)
+        from_main.append(ts != frame.ts)
+        return image, ts
+
+    evidence.picture = recorded  # type: ignore[method-assign]
     worker.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and worker.status().source.state.value != "stopped":
@@ -147,7 +157,9 @@ def test_worker_detects_on_the_sub_stream_and_takes_stills_from_the_main(clips: 
     assert worker.join(10)
     st = worker.status()
     assert sched.shapes == {(SUB[1], SUB[0], 3)}  # the detector only ever saw the sub-stream
-    assert st.evidence is not None and st.evidence.frames >= SECONDS - 1  # main keyframes, kept undecoded
+    # the main stream: connected for its size, let go while the car was outside the zone (when the worker saw
+    # a frame before it arrived), connected again when it entered; its keyframes kept undecoded
+    assert evidence.connects in (1, 2) and st.evidence is not None and st.evidence.frames >= 3
     opened = [(ev, files) for ev, files in events if ev.state.value == "open"]
     assert len(opened) == 1
     ev, files = opened[0]
@@ -159,8 +171,9 @@ def test_worker_detects_on_the_sub_stream_and_takes_stills_from_the_main(clips: 
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if name.startswith("scene"):
             assert image.shape[1] == MAIN[0]  # a main-stream still (plus its caption band below)
-    # decoded: one keyframe to learn the size, then one per still at most; never every keyframe
-    assert worker.evidence.decodes <= 1 + len(stills)
+    assert sum(from_main) >= 1 and from_main.count(False) <= 1  # the first may precede the main stream
+    # decoded: one keyframe per connection to learn the size, then one per still at most; never every keyframe
+    assert evidence.decodes <= evidence.connects + len(stills)
 
 
 def test_main_stream_is_connected_only_while_stills_may_be_needed(clips: tuple[Path, Path]) -> None:
@@ -208,3 +221,19 @@ def test_main_stream_is_connected_only_while_stills_may_be_needed(clips: tuple[P
     )
     stream.close()
     assert not any(reading(s) for s in opened)
+
+
+def test_the_first_connection_only_learns_the_size(clips: tuple[Path, Path]) -> None:
+    opened: list[Source] = []
+
+    def opener(sink: Callable[[Keyframe], None]) -> Source:
+        opened.append(Source(clips[0], camera_id="cam", keyframe_sink=sink))
+        return opened[-1]
+
+    stream = EvidenceStream("cam", opener=opener).start()
+    deadline = time.monotonic() + 10
+    while stream.size() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stream.want(False, 1_000.0)  # the worker's first frame: nothing in any zone
+    assert stream.source is None and stream.size() == MAIN
+    stream.close()
