@@ -97,6 +97,15 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _wait_for_stop(stop: threading.Event) -> None:
+    """Block the main thread until ``stop`` is set, waking now and then. Python runs signal handlers in the
+    main thread only, and a signal the kernel hands to another thread (any thread may take a process's
+    SIGTERM) does not interrupt a plain ``stop.wait()``: the handler would never run. CI caught that hang:
+    ``pingan run`` with 4 cameras ignored SIGTERM for 30 s."""
+    while not stop.wait(0.5):
+        pass
+
+
 @app.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="cameras.yaml")] = Path("cameras.yaml")) -> None:
     """Validate a cameras.yaml; exit 2 with field path and line for each problem."""
@@ -189,7 +198,7 @@ def run(config: ConfigOpt = Path("cameras.yaml"), verbose: bool = False) -> None
         log.error("%s", err)
         raise typer.Exit(1) from None
     log.info("dashboard: http://%s:%d/", cfg.api.host, cfg.api.port)
-    stop.wait()
+    _wait_for_stop(stop)
     sup.shutdown(timeout_s=8.0)  # workers first, so the outbox can still reach the API
     server.should_exit = True
     api_thread.join(5.0)
@@ -228,7 +237,7 @@ def worker(
     except PinganError as err:
         log.error("%s", err)
         raise typer.Exit(1) from None
-    stop.wait()
+    _wait_for_stop(stop)
     sup.shutdown(timeout_s=8.0)
 
 

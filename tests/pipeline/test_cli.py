@@ -149,3 +149,28 @@ def test_run_with_the_api_port_taken_exits_with_a_clear_reason(tmp_path: Path) -
         )
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
+
+
+SIGNAL_TO_A_WORKER_THREAD = """
+import signal, threading, time
+from pipeline.cli import _stop_on_signals, _wait_for_stop
+
+stop = threading.Event()
+_stop_on_signals(stop)
+
+def camera_thread():
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the kernel gave SIGTERM to this thread
+
+threading.Thread(target=camera_thread, daemon=True).start()
+_wait_for_stop(stop)
+print("stopped", flush=True)
+"""
+
+
+def test_sigterm_taken_by_another_thread_still_stops_the_main_one() -> None:
+    # a plain stop.wait() in the main thread slept through it for ever (`pingan run` ignored SIGTERM in CI)
+    out = subprocess.run(
+        [sys.executable, "-c", SIGNAL_TO_A_WORKER_THREAD], capture_output=True, text=True, timeout=10
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr
