@@ -85,13 +85,12 @@ class EvidenceStream:
     def start(self) -> EvidenceStream:
         if self.source is None and self._opener is not None:
             self._connect()
-        elif self.source is not None:
-            self.source.start()
         return self
 
     def close(self) -> None:
-        for src in [*self._retired, *([self.source] if self.source is not None else [])]:
-            src.close()
+        for src in [*self._retired, self.source]:
+            if src is not None:
+                src.close()
         self._retired.clear()
 
     def want(self, wanted: bool, ts: float) -> None:

@@ -259,3 +259,17 @@ class InlineScheduler:
 
     def latency_ms(self, camera_id: str) -> float | None:
         return None
+
+
+def red_car(image: Any) -> Any:
+    """Stand-in detector for ``pipeline.devtools.clips.parking_scene``: the red car's box, by colour."""
+    import numpy as np
+
+    from pipeline.detections import VEHICLE, Detections
+
+    b, g, r = (image[..., i].astype(np.int16) for i in range(3))
+    ys, xs = np.nonzero((r > 150) & (b < 80) & (g < 80))
+    if len(xs) <= 50:
+        return Detections.empty()
+    box = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]
+    return Detections(xyxy=box, confidence=[0.9], class_id=[VEHICLE])

@@ -15,25 +15,15 @@ import cv2
 import numpy as np
 
 from pipeline.config import Camera, SiteConfig
-from pipeline.detections import VEHICLE, Detections
 from pipeline.devtools.clips import CAR_BOX, make_clip, parking_scene
 from pipeline.incidents import IncidentBuilder
 from pipeline.protocols import SourceState
 from pipeline.sources import open_source
 from pipeline.supervisor import EvidenceRenderer
 from pipeline.worker import CameraWorker
-from tests.fakes import InlineScheduler
+from tests.fakes import InlineScheduler, red_car
 
 MAIN, SUB = (1280, 720), (320, 180)
-
-
-def red_car(image: Any) -> Detections:
-    b, g, r = (image[..., i].astype(np.int16) for i in range(3))
-    ys, xs = np.nonzero((r > 150) & (b < 80) & (g < 80))
-    if len(xs) <= 50:
-        return Detections.empty()
-    box = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]
-    return Detections(xyxy=box, confidence=[0.9], class_id=[VEHICLE])
 
 
 def wait(cond: Callable[[], bool], timeout_s: float) -> bool:

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from pipeline.config import Camera, SiteConfig
-from pipeline.detections import VEHICLE, Detections
 from pipeline.devtools.clips import CAR_BOX, make_clip, parking_scene
 from pipeline.evidence_stream import KEEP_KEYFRAMES, MAX_SKEW_S, EvidenceStream
 from pipeline.incidents import IncidentBuilder
@@ -25,7 +24,7 @@ from pipeline.protocols import Frame
 from pipeline.sources import Keyframe, Source
 from pipeline.supervisor import EvidenceRenderer
 from pipeline.worker import CameraWorker
-from tests.fakes import InlineScheduler
+from tests.fakes import InlineScheduler, red_car
 
 MAIN, SUB = (1280, 720), (320, 180)
 SECONDS, FPS = 8, 10
@@ -96,16 +95,6 @@ def test_a_keyframe_that_does_not_decode_falls_back(clips: tuple[Path, Path]) ->
     sub = np.zeros((SUB[1], SUB[0], 3), np.uint8)
     image, ts = stream.picture(Frame(image=sub, ts=bad.ts, index=0))
     assert ts == bad.ts and image.shape == (MAIN[1], MAIN[0], 3)
-
-
-def red_car(image: Any) -> Detections:
-    b, g, r = (image[..., i].astype(np.int16) for i in range(3))
-    ys, xs = np.nonzero((r > 150) & (b < 80) & (g < 80))
-    if len(xs) <= 50:
-        return Detections.empty()
-    return Detections(
-        xyxy=[[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], confidence=[0.9], class_id=[VEHICLE]
-    )
 
 
 def test_worker_detects_on_the_sub_stream_and_takes_stills_from_the_main(clips: tuple[Path, Path]) -> None:
