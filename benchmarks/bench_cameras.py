@@ -73,6 +73,7 @@ from benchmarks.common import (
     note,
     now_iso,
     percentile,
+    reshaped_nanodet,
     result_path,
     rss_mib,
     write_json,
@@ -337,6 +338,7 @@ class TrialSpec:
     inference_threads: int = 2
     intra_threads: int = 1
     spinning: bool = False
+    square_input: bool = False  # stretch frames to the model's full square, as before the height was free
     decode: str = "auto"  # auto (keyframe-only when it suffices) | full
     gate: bool | None = None  # the static-scene gate; None: the camera config's default
     packet_gate: bool | None = None  # the compressed-domain gate; None: the camera config's default
@@ -382,6 +384,12 @@ def _load_detector(spec: TrialSpec) -> Any:
         entry = det.entry
         path = Path(spec.models_dir) / entry.file_for(det.precision)[0]
         det.session = ort.InferenceSession(str(path), sess_options=so, providers=det.providers)
+    if spec.square_input:  # the lever: the same session fed the full square, every frame stretched
+        from pipeline.detection import OnnxDetector
+
+        square = det.entry.input.model_copy(update={"dynamic_height": False})
+        entry = det.entry.model_copy(update={"input": square})
+        det = OnnxDetector(det.name, entry, det.session, det.sha256 or "", det.precision)
     return det
 
 
@@ -673,11 +681,12 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
     entry = model_entry(spec.model, Path(spec.models_dir))
     file, sha = entry.file_for("fp32")
     path = str(Path(spec.models_dir) / file)
-    if spec.naive_input and spec.naive_input != entry.input.width:
-        resized = naive_model(entry, Path(spec.models_dir) / file, spec.naive_input)
+    size = spec.naive_input or entry.input.width
+    if size != entry.input.width or entry.input.dynamic_height:
+        # a hand-rolled script stretches every frame to the square its model was exported at
+        resized = naive_model(entry, Path(spec.models_dir) / file, size)
         path, file, sha = str(resized), resized.name, sha256_file(resized)
-        size = spec.naive_input
-        square = entry.input.model_copy(update={"width": size, "height": size})
+        square = entry.input.model_copy(update={"width": size, "height": size, "dynamic_height": False})
         entry = entry.model_copy(update={"input": square})
     stop = threading.Event()
     tallies = [_Tally() for _ in range(spec.n)]
@@ -758,30 +767,18 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
 def naive_model(entry: Any, src: Path, size: int) -> Path:
     """The FP32 model re-shaped to ``size``×``size`` for the naive baseline (the issue's naive script runs at
     640), built once into the bench cache by models/build_nanodet.py's re-shape (same weights and ops)."""
-    import importlib.util
-
     if entry.adapter != "nanodet":
         raise SystemExit(f"--naive-input-size: only NanoDet models re-shape here, not {entry.adapter}")
-    out = CACHE_DIR / f"{src.stem}-{size}.onnx"
-    if not out.exists():
-        spec = importlib.util.spec_from_file_location("build_nanodet", ROOT / "models" / "build_nanodet.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp.onnx")
-        with contextlib.redirect_stdout(sys.stderr):
-            mod.reshape_build(src, tmp, size)
-        tmp.replace(out)
-    return out
+    return reshaped_nanodet(src, size, keep_square=True)
 
 
 def _prebuild_naive(opts: Options) -> None:
     from pipeline.manifest import model_entry
 
     entry = model_entry(opts.model, ROOT / "models")
-    if opts.naive_input != entry.input.width:
-        naive_model(entry, ROOT / "models" / entry.file, opts.naive_input)
+    size = opts.naive_input or entry.input.width
+    if size != entry.input.width or entry.input.dynamic_height:
+        naive_model(entry, ROOT / "models" / entry.file, size)
 
 
 def _stagger(i: int, spec: TrialSpec) -> None:
@@ -1139,10 +1136,15 @@ class Runner:
         lever("street_gate_off", "street clip (pedestrians cross a zone), static-scene gate off", gate=False)
         # The same weights at NanoDet's training size (models/build_nanodet.py --input-size 320);
         # agreement with the 416 model: benchmarks/bench_input_size.py.
+        if entry.input.dynamic_height:
+            side = entry.input.width
+            base = input_size(entry).split(" ")[0]
+            what = f"frames stretched to {side}×{side}, as before the height was free (baseline {base})"
+            lever("input_square", what, square_input=True)
         small = f"{o.model}-320"
         if small in load_manifest(ROOT / "models").models:
-            base = f"{entry.input.width}×{entry.input.height}"
-            what = f"model {small!r}: same weights at 320×320 (baseline {base})"
+            what = f"model {small!r}: same weights at {input_size(model_entry(small, ROOT / 'models'))} "
+            f"(baseline {input_size(entry)})"
             lever("input_size_320", what, model=small)
         else:
             rows.append({"lever": "input_size", "skipped": f"manifest has no {small!r} entry"})
@@ -1359,11 +1361,21 @@ def _substream_search(runner: Runner, pingan_best: int, max_n: int) -> dict[str,
     return runner.search("pingan", start, max_n, label="pingan_substream", sub_clip=SUB_PREFIX)
 
 
+def input_size(entry: Any) -> str:
+    """The model input a 1080p frame gets: ``416×256`` with a free height, else the fixed size."""
+    from pipeline.adapters import fit
+
+    pre = entry.preprocess()
+    if not pre.dynamic_height:
+        return f"{pre.width}×{pre.height}"
+    return f"{pre.width}×{pre.rows(fit(1920, 1080, pre))} (1080p at its own aspect; height free)"
+
+
 def _setups(opts: Options) -> dict[str, Any]:
     from pipeline.manifest import model_entry
 
     entry = model_entry(opts.model, ROOT / "models")
-    size = f"{entry.input.width}×{entry.input.height}"
+    size = input_size(entry)
     naive_size = f"{opts.naive_input}×{opts.naive_input}" if opts.naive_input else size
     setups: dict[str, Any] = {
         "pingan": {

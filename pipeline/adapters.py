@@ -25,7 +25,12 @@ PRE_NMS_TOP_K = 1000
 @dataclass(frozen=True, slots=True)
 class Preprocess:
     """How images become the model input: size, colour order, normalisation ``(x - mean) / std`` in
-    0–255 pixel units (channel order as the model expects), letterbox (keep aspect, pad) or plain resize."""
+    0–255 pixel units (channel order as the model expects), letterbox (keep aspect, pad) or plain resize.
+
+    ``dynamic_height``: the model takes any height that is a multiple of ``height_multiple``. A frame keeps
+    its aspect at ``width`` wide (or ``height`` tall, if that is smaller), sits top-left, and is padded down
+    only to the next multiple: a 16:9 frame at width 416 becomes 416×256 instead of 416×416 (0.62× the
+    pixels, objects not stretched)."""
 
     width: int
     height: int
@@ -34,6 +39,15 @@ class Preprocess:
     rgb: bool = False
     letterbox: bool = False
     pad_value: int = 114
+    dynamic_height: bool = False
+    height_multiple: int = 32
+
+    def rows(self, resize: Resize) -> int:
+        """Input height for a frame fitted by ``resize``: ``height`` unless the height is dynamic."""
+        if not self.dynamic_height:
+            return self.height
+        new_h = round(resize.height * resize.scale_y)
+        return min(self.height, -(-new_h // self.height_multiple) * self.height_multiple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,10 @@ class Resize:
 
 def fit(src_w: int, src_h: int, pre: Preprocess) -> Resize:
     """The scale and padding that put a ``src_w×src_h`` frame into the model input."""
+    if pre.dynamic_height:
+        scale = min(pre.width / src_w, pre.height / src_h)
+        new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+        return Resize(new_w / src_w, new_h / src_h, 0.0, 0.0, src_w, src_h)
     if not pre.letterbox:
         return Resize(pre.width / src_w, pre.height / src_h, 0.0, 0.0, src_w, src_h)
     scale = min(pre.width / src_w, pre.height / src_h)
@@ -71,12 +89,13 @@ def preprocess(
 ) -> tuple[npt.NDArray[np.float32], list[Resize]]:
     """BGR uint8 H×W×3 images → float32 NCHW batch, plus each image's ``Resize`` to map boxes back.
 
-    Resizing is per image (cv2); colour swap, normalisation and the layout change run once over the batch."""
-    batch = np.full((len(images), pre.height, pre.width, 3), pre.pad_value, np.uint8)
-    resizes: list[Resize] = []
-    for i, image in enumerate(images):
+    Resizing is per image (cv2); colour swap, normalisation and the layout change run once over the batch.
+    With a dynamic height the batch is as tall as its tallest fitted image."""
+    resizes = [fit(image.shape[1], image.shape[0], pre) for image in images]
+    rows = max((pre.rows(r) for r in resizes), default=pre.height)
+    batch = np.full((len(images), rows, pre.width, 3), pre.pad_value, np.uint8)
+    for i, (image, r) in enumerate(zip(images, resizes, strict=True)):
         h, w = image.shape[:2]
-        r = fit(w, h, pre)
         new_w, new_h = round(w * r.scale_x), round(h * r.scale_y)
         px, py = int(r.pad_x), int(r.pad_y)
         resized = (
@@ -85,12 +104,11 @@ def preprocess(
             else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         )
         batch[i, py : py + new_h, px : px + new_w] = resized
-        resizes.append(r)
     # OpenCV's blob maker does the colour swap, mean and NHWC → NCHW in one C++ pass (0.7 vs 3.5 ms per 416²
     # image with numpy); the per-channel std is one in-place multiply.
     mean = tuple(float(m) for m in pre.mean)
     blob = np.asarray(
-        cv2.dnn.blobFromImages(list(batch), 1.0, (pre.width, pre.height), mean, pre.rgb, False), np.float32
+        cv2.dnn.blobFromImages(list(batch), 1.0, (pre.width, rows), mean, pre.rgb, False), np.float32
     )
     blob *= (1.0 / np.asarray(pre.std, np.float32)).reshape(1, 3, 1, 1)
     return blob, resizes

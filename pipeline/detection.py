@@ -23,7 +23,7 @@ import onnxruntime as ort
 from pipeline.adapters import NanoDetLevel, from_nanodet_output, from_yolo_output, preprocess
 from pipeline.detections import Detections
 from pipeline.errors import DetectorError, ModelError
-from pipeline.manifest import ModelEntry, Precision, check_contract, model_entry, verify_file
+from pipeline.manifest import ModelEntry, Precision, check_contract, model_entry, probe_outputs, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,13 @@ def _provider_options(
             if entry is not None and entry.input.dynamic_batch:
                 # One engine for every batch size up to max_batch, instead of a rebuild per new size.
                 i = entry.input
-                shape = f"{i.name}:{{}}x3x{i.height}x{i.width}"
-                trt["trt_profile_min_shapes"] = shape.format(1)
-                trt["trt_profile_opt_shapes"] = shape.format(max_batch)
-                trt["trt_profile_max_shapes"] = shape.format(max_batch)
+                shape = f"{i.name}:{{}}x3x{{}}x{i.width}"
+                m = entry.height_multiple()
+                # A dynamic height ranges over every multiple of the stride; 16:9 frames are the common case.
+                opt_h = min(i.height, -(-i.width * 9 // 16 // m) * m) if i.dynamic_height else i.height
+                trt["trt_profile_min_shapes"] = shape.format(1, m if i.dynamic_height else i.height)
+                trt["trt_profile_opt_shapes"] = shape.format(max_batch, opt_h)
+                trt["trt_profile_max_shapes"] = shape.format(max_batch, i.height)
             options.append(trt)
         else:
             options.append({})
@@ -135,7 +138,9 @@ class OnnxDetector:
         self._outputs = [o.name for o in session.get_outputs()]
         # A model exported with a fixed batch of 1 is looped over; a dynamic batch dim is used in chunks.
         self.max_batch = max_batch if not isinstance(inp.shape[0], int) or inp.shape[0] < 0 else inp.shape[0]
-        self._levels: list[NanoDetLevel] = check_contract(entry, session.get_inputs(), session.get_outputs())
+        self._levels: list[NanoDetLevel] = check_contract(
+            entry, session.get_inputs(), session.get_outputs(), probe=probe_outputs(session)
+        )
         self._pre = entry.preprocess()
         self._class_map = entry.class_map()
 

@@ -8,7 +8,7 @@ is loaded, so an altered file or a model whose inputs/outputs do not match its e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -41,6 +41,9 @@ class InputSpec(_Strict):
     pad_value: int = Field(default=114, ge=0, le=255)
     # True: the model's batch dim is symbolic (checked at load); lets TensorRT build one engine for 1..max.
     dynamic_batch: bool = False
+    # True: the height dim is symbolic and ``height`` is the most it is given. A frame keeps its aspect at
+    # ``width`` wide and is padded only to the next multiple of the coarsest stride (16:9 at 416: 416×256).
+    dynamic_height: bool = False
 
 
 class NanoDetHead(_Strict):
@@ -98,7 +101,14 @@ class ModelEntry(_Strict):
             raise ValueError("classes must be unique")
         if self.adapter == "nanodet" and self.head is None:
             raise ValueError("adapter nanodet needs a head: {strides, reg_max, cell_offset}")
+        m = self.height_multiple()
+        if self.input.dynamic_height and (self.input.width % m or self.input.height % m):
+            raise ValueError(f"dynamic_height: input width and height must be multiples of {m} (the stride)")
         return self
+
+    def height_multiple(self) -> int:
+        """What a dynamic input height is rounded up to: the coarsest stride of the head (YOLO: 32)."""
+        return max(self.head.strides) if self.head is not None else 32
 
     def class_map(self) -> IntArray:
         """Model class index → canonical label id, -1 where the class is dropped."""
@@ -106,7 +116,17 @@ class ModelEntry(_Strict):
 
     def preprocess(self) -> Preprocess:
         i = self.input
-        return Preprocess(i.width, i.height, i.mean, i.std, i.color == "RGB", i.letterbox, i.pad_value)
+        return Preprocess(
+            i.width,
+            i.height,
+            i.mean,
+            i.std,
+            i.color == "RGB",
+            i.letterbox,
+            i.pad_value,
+            i.dynamic_height,
+            self.height_multiple(),
+        )
 
     def file_for(self, precision: Precision) -> tuple[str, str]:
         """(file, sha256) of the requested precision; ModelError if the manifest lists no such variant."""
@@ -182,20 +202,32 @@ def _dynamic(dim: object) -> bool:
 
 
 def check_contract(
-    entry: ModelEntry, inputs: Sequence[_Arg], outputs: Sequence[_Arg], where: str = ""
+    entry: ModelEntry,
+    inputs: Sequence[_Arg],
+    outputs: Sequence[_Arg],
+    where: str = "",
+    probe: Callable[[list[int]], list[list[Any]]] | None = None,
 ) -> list[NanoDetLevel]:
-    """Check the model's inputs/outputs against its entry; returns the NanoDet layout (empty for YOLO)."""
+    """Check the model's inputs/outputs against its entry; returns the NanoDet layout (empty for YOLO).
+
+    A model with a dynamic height has symbolic output sizes: ``probe(input_shape)`` runs it once on a blank
+    input of its full height and returns the real output shapes (required then for NanoDet)."""
     where = where or entry.file
     if len(inputs) != 1:
         raise ModelError(f"{where}: expected one input, got {[i.name for i in inputs]}")
     if inputs[0].name != entry.input.name:
         raise ModelError(f"{where}: input is named {inputs[0].name!r}, manifest says {entry.input.name!r}")
     shape = list(inputs[0].shape)
-    want = [3, entry.input.height, entry.input.width]
-    if len(shape) != 4 or shape[1:] != want or not (_dynamic(shape[0]) or shape[0] >= 1):
+    dyn_h = entry.input.dynamic_height
+    want: list[Any] = [3, "(symbolic)" if dyn_h else entry.input.height, entry.input.width]
+    # A file with a free height also runs at a fixed one: the manifest may pin it (a square input).
+    height_ok = len(shape) == 4 and (_dynamic(shape[2]) or (not dyn_h and shape[2] == entry.input.height))
+    if len(shape) != 4 or not height_ok or [shape[1], shape[3]] != [3, entry.input.width]:
         raise ModelError(
             f"{where}: input {inputs[0].name} is {shape}, manifest says [batch, {', '.join(map(str, want))}]"
         )
+    if not (_dynamic(shape[0]) or shape[0] >= 1):
+        raise ModelError(f"{where}: input {inputs[0].name} has batch dim {shape[0]}")
     if entry.input.dynamic_batch and not _dynamic(shape[0]):
         raise ModelError(f"{where}: batch dim is fixed ({shape[0]}), manifest says dynamic_batch: true")
     out_shapes = [list(o.shape) for o in outputs]
@@ -204,6 +236,13 @@ def check_contract(
         if len(outputs) != 1 or len(out_shapes[0]) != 3 or out_shapes[0][1] != 4 + nc:
             raise ModelError(f"{where}: YOLO output should be one [batch, {4 + nc}, N], got {out_shapes}")
         return []
+    if any(len(sh) >= 2 and _dynamic(sh[-2]) for sh in out_shapes):  # cells follow a free height
+        if probe is None:
+            raise ModelError(f"{where}: NanoDet outputs with a free cell count need a probe run to pair them")
+        try:
+            out_shapes = probe([1, 3, entry.input.height, entry.input.width])
+        except Exception as err:  # ORT's own error types: the model cannot run at its declared size
+            raise ModelError(f"{where}: a probe run at {entry.input.height} rows failed: {err}") from None
     assert entry.head is not None  # enforced by the entry's validator
     try:
         return nanodet_levels(
@@ -226,4 +265,14 @@ def verify_model(name: str, models_dir: Path) -> None:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types for unreadable graphs
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None
-        check_contract(entry, session.get_inputs(), session.get_outputs(), str(path))
+        check_contract(entry, session.get_inputs(), session.get_outputs(), str(path), probe_outputs(session))
+
+
+def probe_outputs(session: Any) -> Callable[[list[int]], list[list[Any]]]:
+    """A ``check_contract`` probe: run ``session`` once on a blank float32 input of the given shape."""
+
+    def run(shape: list[int]) -> list[list[Any]]:
+        blank = np.zeros(shape, np.float32)
+        return [list(o.shape) for o in session.run(None, {session.get_inputs()[0].name: blank})]
+
+    return run

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.adapters import (
     Preprocess,
@@ -70,6 +72,45 @@ def test_preprocess_batches_mixed_sizes() -> None:
     blob, resizes = preprocess(images, Preprocess(64, 64, letterbox=True))
     assert blob.shape == (3, 3, 64, 64)
     assert [(r.width, r.height) for r in resizes] == [(640, 480), (1280, 720), (300, 300)]
+
+
+def test_dynamic_height_keeps_aspect_and_pads_only_to_the_stride() -> None:
+    pre = Preprocess(416, 416, std=(1, 1, 1), dynamic_height=True, height_multiple=32, pad_value=7)
+    frame = np.full((1080, 1920, 3), 50, np.uint8)
+    blob, (r,) = preprocess([frame], pre)
+    assert blob.shape == (1, 3, 256, 416)  # not 416×416: 0.62× the pixels
+    assert r.scale_x == pytest.approx(416 / 1920) and r.scale_y == pytest.approx(234 / 1080)
+    assert (r.pad_x, r.pad_y) == (0.0, 0.0)
+    assert blob[0, 0, 233, 10] == 50 and blob[0, 0, 234, 10] == 7  # picture on top, padding below
+    portrait, (rp,) = preprocess([frame.transpose(1, 0, 2).copy()], pre)  # corridor mode: 9:16
+    assert portrait.shape == (1, 3, 416, 416) and rp.scale_y == pytest.approx(416 / 1920)
+    assert portrait[0, 0, 10, 233] == 50 and portrait[0, 0, 10, 235] == 7
+    mixed, _ = preprocess([frame, np.full((576, 768, 3), 9, np.uint8)], pre)
+    assert mixed.shape == (2, 3, 320, 416)  # as tall as the tallest (4:3 → 312 → 320 rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    w=st.integers(16, 4000),
+    h=st.integers(16, 4000),
+    width=st.sampled_from([320, 416, 640]),
+    box=st.tuples(*[st.floats(0, 1)] * 4),
+)
+def test_dynamic_height_fits_any_frame_inside_the_grid(
+    w: int, h: int, width: int, box: tuple[float, float, float, float]
+) -> None:
+    pre = Preprocess(width, width, dynamic_height=True, height_multiple=32)
+    r = fit(w, h, pre)
+    rows = pre.rows(r)
+    new_w, new_h = round(w * r.scale_x), round(h * r.scale_y)
+    assert rows % 32 == 0 and rows <= width and new_h <= rows and new_w <= width
+    assert new_w == width or rows == width  # one side always fills the model input
+    assert abs(r.scale_x - r.scale_y) <= 1.0 / min(w, h)  # aspect kept, up to rounding one pixel
+    x0, x1 = sorted((box[0] * w, box[2] * w))
+    y0, y1 = sorted((box[1] * h, box[3] * h))
+    src = np.array([[x0, y0, x1, y1]], np.float32)
+    model = src * np.array([r.scale_x, r.scale_y] * 2, np.float32)
+    np.testing.assert_allclose(r.to_source(model), src, atol=1e-2 * max(w, h) / 100 + 1e-3)
 
 
 # ---- NMS ----------------------------------------------------------------------------------------------

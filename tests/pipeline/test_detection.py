@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from pipeline.adapters import preprocess
 from pipeline.detection import OnnxDetector, choose_precision, choose_providers, load_detector
 from pipeline.detections import BIN, PERSON, VEHICLE, box_iou
 from pipeline.errors import DetectorError, ModelError
@@ -113,8 +115,27 @@ def test_tensorrt_gets_a_batch_profile_and_fp16_flag() -> None:
     entry = load_manifest(MODELS).models["vehicles"]
     trt, cpu = _provider_options(["TensorrtExecutionProvider", "CPUExecutionProvider"], "fp16", entry, 8)
     assert cpu == {} and trt["trt_fp16_enable"] is True
-    assert trt["trt_profile_min_shapes"] == "images:1x3x416x416"
+    # the height is free: one engine from a 32-row strip up to the square, tuned for 16:9 (416×256)
+    assert trt["trt_profile_min_shapes"] == "images:1x3x32x416"
+    assert trt["trt_profile_opt_shapes"] == "images:8x3x256x416"
     assert trt["trt_profile_max_shapes"] == "images:8x3x416x416"
+
+
+def test_a_16_9_frame_runs_at_its_own_aspect_and_keeps_the_vehicles(detector: OnnxDetector) -> None:
+    """The shipped model's height is free: a 1080p frame goes in as 416×256 (not stretched to 416×416) and
+    vtest's parked van and car come back in 1080p pixels where the 4:3 frame has them."""
+    assert detector.entry.input.dynamic_height
+    crop = np.ascontiguousarray(_vtest_frame0()[:432])  # 768×432: a 16:9 camera's aspect
+    wide = cv2.resize(crop, (1920, 1080))
+    blob, _ = preprocess([wide], detector.entry.preprocess())
+    assert blob.shape == (1, 3, 256, 416)
+    want = detector.detect([crop])[0]
+    want = want[want.class_id == VEHICLE]
+    assert len(want) >= 2  # the parked van and car
+    cars = detector.detect([wide])[0]
+    cars = cars[cars.class_id == VEHICLE]
+    for box in want.xyxy * 2.5:
+        assert box_iou(box[None], cars.xyxy).max() > 0.8
 
 
 def test_unlisted_precision_is_a_model_error(tmp_path: Path) -> None:

@@ -119,8 +119,66 @@ NANODET_OUTPUTS = [
 ]
 
 
-def _entry(adapter: str = "nanodet") -> ModelEntry:
-    return load_manifest(MODELS).models["vehicles"].model_copy(update={"adapter": adapter})
+def _entry(adapter: str = "nanodet", dynamic_height: bool = False) -> ModelEntry:
+    entry = load_manifest(MODELS).models["vehicles"]
+    inp = entry.input.model_copy(update={"dynamic_height": dynamic_height})
+    return entry.model_copy(update={"adapter": adapter, "input": inp})
+
+
+def _probe(heights: list[int]) -> Any:
+    """A probe that answers like the real graph (cells = W/s × H/s) and records the heights it was run at."""
+
+    def run(shape: list[int]) -> list[list[int]]:
+        heights.append(shape[2])
+        return [[1, (shape[3] // s) * (shape[2] // s), n] for n in (80, 44) for s in (8, 16, 32)]
+
+    return run
+
+
+SYMBOLIC_OUTPUTS = [Arg(o.name, [1, f"cells_{o.name}", o.shape[2]]) for o in NANODET_OUTPUTS]
+
+
+def test_dynamic_height_contract_pairs_outputs_by_a_probe_run_at_full_height() -> None:
+    heights: list[int] = []
+    levels = check_contract(
+        _entry(dynamic_height=True),
+        [Arg("images", ["batch", 3, "height", 416])],
+        SYMBOLIC_OUTPUTS,
+        probe=_probe(heights),
+    )
+    assert heights == [416]
+    assert [(lv.stride, lv.grid_w) for lv in levels] == [(8, 52), (16, 26), (32, 13)]
+
+
+def test_dynamic_height_claim_is_checked() -> None:
+    with pytest.raises(ModelError, match="symbolic"):  # the manifest says dynamic, the file has 416
+        check_contract(
+            _entry(dynamic_height=True),
+            [Arg("images", ["b", 3, 416, 416])],
+            NANODET_OUTPUTS,
+            probe=_probe([]),
+        )
+    with pytest.raises(ModelError, match="probe"):
+        check_contract(_entry(dynamic_height=True), [Arg("images", ["b", 3, "h", 416])], SYMBOLIC_OUTPUTS)
+
+
+def test_a_free_height_file_may_be_pinned_to_the_square() -> None:
+    heights: list[int] = []
+    square = _entry(dynamic_height=False)
+    levels = check_contract(
+        square, [Arg("images", ["b", 3, "h", 416])], SYMBOLIC_OUTPUTS, probe=_probe(heights)
+    )
+    assert heights == [416] and len(levels) == 3
+    narrow = square.model_copy(update={"input": square.input.model_copy(update={"width": 320})})
+    with pytest.raises(ModelError, match="manifest says"):  # the width is never free
+        check_contract(narrow, [Arg("images", ["b", 3, "h", 416])], SYMBOLIC_OUTPUTS, probe=_probe([]))
+
+
+def test_dynamic_height_needs_sizes_on_the_stride_grid(tmp_path: Path) -> None:
+    raw = _vehicles_raw()
+    raw["models"]["vehicles"]["input"].update(width=400, dynamic_height=True)
+    with pytest.raises(ModelError, match="multiples of 32"):
+        load_manifest(_write(tmp_path, raw))
 
 
 def test_contract_accepts_the_real_layout_and_dynamic_batch() -> None:
