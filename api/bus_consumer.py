@@ -3,11 +3,13 @@
 Started by the app's lifespan when ``bus.kind == "nats"``. Three parts, on one NATS connection:
 
 - **events**: a durable pull consumer (``pingan-api``, explicit ack) on ``<prefix>.*.*.event.*``. Every API
-  replica binds the same durable, so JetStream hands each message to one replica. A message is validated with
-  ``pipeline.events.Event``, stored through the same store call as ``POST /api/events`` (idempotent by
-  (id, seq)), its listed evidence is copied from the object store ``<prefix>-evidence``, and only then is it
-  acked. A message that cannot be valid (bad JSON, schema, subject ≠ body, unknown camera) is terminated; a
-  failure of ours (database down) is nak'ed with a delay and comes back.
+  replica binds the same durable, so JetStream hands each message to one replica. Each fetched batch (up to
+  32 messages) is validated message by message with ``pipeline.events.Event``, then stored in ONE transaction
+  through the store call of ``POST /api/events/batch`` (idempotent by (id, seq); in fetch order, which is the
+  stream's, so an event's messages keep their seq order). Then, message by message, its listed evidence is
+  copied from the object store ``<prefix>-evidence``, the live feed is told, and only then is it acked. A
+  message that cannot be valid (bad JSON, schema, subject ≠ body, unknown camera, an id of another camera or
+  type) is terminated; a failure of ours (database down) naks the whole batch with a delay and it comes back.
 - **camera status**: a queue subscription (core NATS, group ``pingan-api``) on ``<prefix>.*.*.status``: one
   replica records each report, as ``PUT /api/cameras/{id}/status`` does.
 - **live relay**: whatever a replica's broadcaster publishes (stored events, dispositions, camera health) is
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import uuid
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -38,20 +42,34 @@ from pipeline.redact import mask_url
 
 log = logging.getLogger("pingan.api.bus")
 STATUS_FIELDS = frozenset(CameraStatusIn.model_fields)
+Live = tuple[dict[str, Any], dict[str, Any]]  # a live-feed ``event`` message: data, meta
 
 
-def ingest(rt: Runtime, ev: Event, worker: str) -> tuple[PutStatus, EventView | None]:
-    """Store one message: the store call of ``POST /api/events`` (after its auth), idempotent by (id, seq)."""
-    return rt.store.put_event(ev, worker)
-
-
-def event_live(rt: Runtime, event_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def event_live(rt: Runtime, view: EventView) -> Live:
     """The live-feed ``event`` message for a stored event, as ``POST /api/events`` publishes it."""
-    view = rt.store.get_event(event_id)
-    if view is None:
-        return None
     pub = event_public(view, rt)
     return pub.model_dump(mode="json"), event_meta(pub)
+
+
+@dataclass
+class _Item:
+    """A message of a fetched batch that passed validation."""
+
+    msg: Any
+    ev: Event
+    worker: str  # recorded with the message: ``nats:<site>``
+    redelivered: bool
+
+
+@dataclass
+class _Stored:
+    """What storing one message of a batch did, as the event loop needs it after the commit."""
+
+    status: PutStatus | Literal["conflict"]
+    error: str | None = None
+    view: EventView | None = None  # set when the live feed is to show it
+    live: Live | None = None  # ``view`` rendered
+    missing: list[str] = field(default_factory=list)  # listed evidence not stored yet
 
 
 class BusConsumer:
@@ -63,7 +81,6 @@ class BusConsumer:
         ack_wait_s: float = 10.0,
         fetch_timeout_s: float = 1.0,
         replica_id: str | None = None,
-        concurrency: int = 4,
     ) -> None:
         cfg = rt.settings.bus
         self.rt = rt
@@ -88,7 +105,6 @@ class BusConsumer:
         self._relay_sub: Subscription | None = None
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once the consumer is bound
-        self._slots = asyncio.Semaphore(concurrency)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -227,22 +243,52 @@ class BusConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 0.5)
                 continue
-            # Messages of one event go in seq order; different events are handled side by side.
-            groups: dict[str, list[Any]] = {}
+            await self._handle(msgs)
+
+    async def _handle(self, msgs: list[Any]) -> None:
+        """Store a fetched batch and answer each of its messages. What is left unanswered (stopping,
+        cancelled) goes to another replica now, not after ack_wait; a stored one is then a duplicate there."""
+        try:
+            if not self._stopping.is_set():
+                await self._answer(msgs)
+        finally:
             for msg in msgs:
-                groups.setdefault(_event_key(msg), []).append(msg)
-            await asyncio.gather(*(self._handle_group(g) for g in groups.values()))
+                if not msg.is_acked:
+                    await _quiet(msg.nak())
 
-    async def _handle_group(self, msgs: list[Any]) -> None:
-        async with self._slots:
-            for i, msg in enumerate(msgs):
-                if self._stopping.is_set():
-                    for rest in msgs[i:]:  # hand them to another replica now, not after ack_wait
-                        await _quiet(rest.nak())
-                    return
-                await self._handle(msg)
+    async def _answer(self, msgs: list[Any]) -> None:
+        batch: list[_Item] = []
+        for msg in msgs:
+            item = self._validate(msg)
+            if item is None:
+                await _quiet(msg.term())
+            else:
+                batch.append(item)
+        if not batch:
+            return
+        try:
+            results = await asyncio.to_thread(self._store, batch)
+        except Exception as e:  # ours (database down...): the batch was rolled back; let all of it come back
+            first = batch[0].ev
+            log.warning(
+                "bus: %d messages (%s#%d…) not stored (%s); will retry",
+                len(batch),
+                first.id,
+                first.seq,
+                type(e).__name__,
+            )
+            for item in batch:
+                await _quiet(item.msg.nak(delay=2.0))
+            return
+        copied: dict[str, dict[str, tuple[str, int]]] = {}  # event id → name → (sha256, size)
+        tried: set[tuple[str, str]] = set()  # evidence already fetched for this batch
+        for item, got in zip(batch, results, strict=True):
+            if self._stopping.is_set():
+                return
+            await self._finish(item, got, copied, tried)
 
-    async def _handle(self, msg: Any) -> None:
+    def _validate(self, msg: Any) -> _Item | None:
+        """The message's event, or None (logged) when the message can never be valid."""
         where = bus.parse_event_subject(msg.subject)
         try:
             ev = Event.model_validate_json(msg.data)
@@ -250,75 +296,93 @@ class BusConsumer:
             log.error(
                 "bus: dropping an invalid message on %s: %s", msg.subject, e.errors(include_url=False)[:3]
             )
-            await _quiet(msg.term())
-            return
+            return None
         if where is None or where[1] != ev.camera_id or where[2] != ev.type.value:
             log.error("bus: dropping %s#%d: subject %s does not match its body", ev.id, ev.seq, msg.subject)
-            await _quiet(msg.term())
-            return
+            return None
         if self._cameras and ev.camera_id not in self._cameras:
             log.error("bus: dropping %s#%d: camera %s is not configured here", ev.id, ev.seq, ev.camera_id)
-            await _quiet(msg.term())
-            return
+            return None
         # A redelivered message may have been stored by a replica that died before the live feed saw it:
         # showing it again is harmless (clients key events by id).
-        redelivered = _num_delivered(msg) > 1
-        try:
-            status, live, missing = await asyncio.to_thread(self._store, ev, f"nats:{where[0]}", redelivered)
-            if status in ("created", "updated"):
-                self.stored += 1
-            if missing and await self._evidence(ev, missing):
-                live = await asyncio.to_thread(event_live, self.rt, ev.id)  # now with the evidence
-            if live is not None:
-                await self._show("event", *live)
-        except ApiError as e:  # Conflict: the id belongs to another camera/type; never valid
-            log.error("bus: dropping %s#%d: %s", ev.id, ev.seq, e.message)
+        return _Item(msg, ev, f"nats:{where[0]}", _num_delivered(msg) > 1)
+
+    def _store(self, batch: list[_Item]) -> list[_Stored]:
+        """In a worker thread: store the batch in one transaction; per message, its live message (when there
+        is news) and the names of its listed evidence not stored yet."""
+        outcomes = self.rt.store.put_events([b.ev for b in batch], [b.worker for b in batch])
+        current: dict[str, EventView | None] = {}  # read back once an event: the batch is committed
+        out: list[_Stored] = []
+        for item, got in zip(batch, outcomes, strict=True):
+            ev, view = item.ev, got.view
+            if got.status == "conflict":
+                out.append(_Stored(got.status, got.error))
+                continue
+            if view is None and (item.redelivered or ev.evidence):
+                if ev.id not in current:
+                    current[ev.id] = self.rt.store.get_event(ev.id)
+                view = current[ev.id]
+            done = _Stored(got.status)
+            if view is not None:
+                stored = {e["name"] for e in view.evidence if e["stored"]}
+                done.missing = [e.name for e in ev.evidence if e.name not in stored]
+                if got.status in ("created", "updated") or item.redelivered:
+                    done.view, done.live = view, event_live(self.rt, view)
+            out.append(done)
+        return out
+
+    async def _finish(
+        self,
+        item: _Item,
+        got: _Stored,
+        copied: dict[str, dict[str, tuple[str, int]]],
+        tried: set[tuple[str, str]],
+    ) -> None:
+        """One message of a stored batch, in fetch order: copy its evidence, tell the live feed, ack."""
+        msg, ev = item.msg, item.ev
+        if got.status == "conflict":  # the id belongs to another camera/type; never valid
+            log.error("bus: dropping %s#%d: %s", ev.id, ev.seq, got.error)
             await _quiet(msg.term())
             return
-        except asyncio.CancelledError:
-            await _quiet(msg.nak())
-            raise
+        if got.status in ("created", "updated"):
+            self.stored += 1
+        try:
+            # one fetch per file and batch: the object store keeps one copy of a name, the newest listed
+            names = [n for n in got.missing if (ev.id, n) not in tried]
+            tried.update((ev.id, n) for n in names)
+            if names:
+                copied.setdefault(ev.id, {}).update(await self._evidence(ev, names))
+            live = got.live
+            if got.view is not None and ev.id in copied:  # read before this batch's copies: show them stored
+                fresh = _with_stored(got.view, copied[ev.id])
+                if fresh is not None:
+                    live = await asyncio.to_thread(event_live, self.rt, fresh)
+            if live is not None:
+                await self._show("event", *live)
         except Exception as e:  # ours (database down...): let it come back
-            log.warning("bus: %s#%d not stored (%s); will retry", ev.id, ev.seq, type(e).__name__)
+            log.warning("bus: %s#%d: evidence not stored (%s); will retry", ev.id, ev.seq, type(e).__name__)
             await _quiet(msg.nak(delay=2.0))
             return
         await _quiet(msg.ack())
 
-    def _store(
-        self, ev: Event, worker: str, redelivered: bool
-    ) -> tuple[PutStatus, tuple[dict[str, Any], dict[str, Any]] | None, list[str]]:
-        """In a worker thread: store the message; return its live message (when there is news) and the names
-        of listed evidence not stored yet."""
-        status, view = ingest(self.rt, ev, worker)
-        if view is None and (redelivered or ev.evidence):
-            view = self.rt.store.get_event(ev.id)
-        live = None
-        missing: list[str] = []
-        if view is not None:
-            stored = {e["name"] for e in view.evidence if e["stored"]}
-            missing = [e.name for e in ev.evidence if e.name not in stored]
-            if status in ("created", "updated") or redelivered:
-                pub = event_public(view, self.rt)
-                live = pub.model_dump(mode="json"), event_meta(pub)
-        return status, live, missing
-
-    async def _evidence(self, ev: Event, names: list[str]) -> int:
-        """Copy evidence from the object store. Returns how many files were stored."""
+    async def _evidence(self, ev: Event, names: list[str]) -> dict[str, tuple[str, int]]:
+        """Copy evidence from the object store. Returns the files stored: name → (sha256, size)."""
         from nats.js.errors import ObjectNotFoundError
 
-        n = 0
+        out: dict[str, tuple[str, int]] = {}
         for name in names:
             try:
                 res = await asyncio.wait_for(self._obj.get(bus.evidence_key(ev.id, name)), 30.0)
             except ObjectNotFoundError:
                 log.debug("bus: evidence %s of %s is not in the object store (yet)", name, ev.id)
                 continue
+            data = bytes(res.data)
             try:
-                await asyncio.to_thread(self.rt.store.put_evidence, ev.id, name, bytes(res.data))
-                n += 1
+                await asyncio.to_thread(self.rt.store.put_evidence, ev.id, name, data)
+                out[name] = hashlib.sha256(data).hexdigest(), len(data)
             except ApiError as e:  # 409: bytes differ from the listed sha256 (a newer message may list them)
                 log.warning("bus: evidence %s of %s not stored: %s", name, ev.id, e.message)
-        return n
+        return out
 
     async def _show(self, kind: str, data: dict[str, Any], meta: dict[str, Any]) -> None:
         """Publish on this replica's live feed and, on the same connection *before* the ack that follows,
@@ -406,11 +470,16 @@ class BusConsumer:
             log.debug("bus: bad live message: %s", type(e).__name__)
 
 
-def _event_key(msg: Any) -> str:
-    """The event id of a message without a full parse (the body starts with it); the subject as a fallback."""
-    head = bytes(msg.data[:60])
-    i = head.find(b'"id":"')
-    return head[i + 6 : i + 42].decode(errors="replace") if i >= 0 else str(msg.subject)
+def _with_stored(view: EventView, copied: dict[str, tuple[str, int]]) -> EventView | None:
+    """``view`` with the files just copied marked stored, as a read-back would show it; None when it lists
+    none of them (unstored, with the same sha256)."""
+    evidence = [
+        {**e, "stored": True, "size": copied[e["name"]][1]}
+        if not e["stored"] and copied.get(e["name"], ("", 0))[0] == e["sha256"]
+        else e
+        for e in view.evidence
+    ]
+    return replace(view, evidence=evidence) if evidence != view.evidence else None
 
 
 def _num_delivered(msg: Any) -> int:

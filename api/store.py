@@ -265,21 +265,27 @@ class Store:
             raise Conflict(out.error or "conflict")
         return out.status, out.view
 
-    def put_events(self, evs: Sequence[Event], worker: str | None = None) -> list[PutOutcome]:
+    def put_events(
+        self, evs: Sequence[Event], worker: str | Sequence[str | None] | None = None
+    ) -> list[PutOutcome]:
         """Store messages idempotently, in order, in ONE transaction; one outcome per message. Each has the
         semantics of ``put_event`` (a later message of the batch sees the earlier ones); a message whose id
-        belongs to another camera or event type is ``conflict`` and not recorded, the others are."""
+        belongs to another camera or event type is ``conflict`` and not recorded, the others are. ``worker``
+        is recorded with every message, or is one name per message (a bus batch mixes compounds)."""
         if not evs:
             return []
+        workers = [worker] * len(evs) if worker is None or isinstance(worker, str) else list(worker)
+        if len(workers) != len(evs):
+            raise ValueError(f"{len(workers)} workers for {len(evs)} messages")
         for attempt in range(3):
             try:
-                return self._put_events(evs, worker)
+                return self._put_events(evs, workers)
             except IntegrityError:  # a concurrent insert of the same id/seq (PostgreSQL): retry sees it
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _put_events(self, evs: Sequence[Event], worker: str | None) -> list[PutOutcome]:
+    def _put_events(self, evs: Sequence[Event], workers: Sequence[str | None]) -> list[PutOutcome]:
         """Constant statements per batch: three look-ups (seen (id, seq), event rows, their evidence), then
         one executemany per table and kind of write. Views are built from what the transaction knows."""
         now = utcnow()
@@ -303,7 +309,7 @@ class Store:
                     have[e.event_id][e.name] = dict(e._mapping)
             batch = _Batch()
             out: list[PutOutcome] = []
-            for ev in evs:
+            for ev, worker in zip(evs, workers, strict=True):
                 if (ev.id, ev.seq) in seen:
                     out.append(PutOutcome("duplicate"))
                     continue

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from api.app import create_app
 from api.broadcast import Subscription
 from api.bus_consumer import BusConsumer
+from api.runtime import Runtime
 from api.settings import Settings
 from pipeline import bus
 from pipeline.config import BusConfig
@@ -74,8 +77,12 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condit
 
 
 @contextlib.contextmanager
-def replica(s: Settings) -> Iterator[tuple[TestClient, BusConsumer]]:
+def replica(
+    s: Settings, prepare: Callable[[Runtime], None] | None = None
+) -> Iterator[tuple[TestClient, BusConsumer]]:
     app = create_app(s)
+    if prepare is not None:  # before the consumer starts: what is in the stream then comes as one batch
+        prepare(app.state.pingan)
     with TestClient(app) as client:
         consumer: BusConsumer = app.state.bus_consumer
         client.portal.call(_wait_ready, consumer)
@@ -102,18 +109,20 @@ def consumer_info(cfg: BusConfig) -> Any:
     return _run(cfg.nats_url, lambda _nc, js: js.consumer_info(cfg.stream, "pingan-api"))
 
 
+def with_still(jpg: bytes) -> dict[str, Any]:
+    """An event message that lists ``jpg`` as its evidence ``scene-1.jpg``."""
+    still = {
+        "name": "scene-1.jpg",
+        "taken_at": datetime.now(UTC).isoformat(),
+        "sha256": hashlib.sha256(jpg).hexdigest(),
+        "kind": "scene",
+    }
+    return make_event(evidence=[still])
+
+
 def test_bus_messages_are_stored_with_evidence_then_acked(tmp_path: Path, bus_cfg: BusConfig) -> None:
     jpg = b"\xff\xd8" + bytes(range(256)) * 400 + b"\xff\xd9"
-    body = make_event(
-        evidence=[
-            {
-                "name": "scene-1.jpg",
-                "taken_at": datetime.now(UTC).isoformat(),
-                "sha256": hashlib.sha256(jpg).hexdigest(),
-                "kind": "scene",
-            }
-        ]
-    )
+    body = with_still(jpg)
     ev = Event.model_validate(body)
     upd = Event.model_validate(dict(body, seq=1, state="update", dwell_s=120.0))
     with replica(settings(tmp_path, bus_cfg)) as (client, _c), sink(bus_cfg) as snk:
@@ -236,3 +245,208 @@ def test_a_durable_configured_by_an_operator_is_used_as_found(tmp_path: Path, bu
         snk.send(ev, {})
         wait_for(lambda: client.app.state.pingan.store.get_event(ev.id), what="the event")  # type: ignore[attr-defined]
     assert consumer_info(bus_cfg).config.ack_wait == 30.0
+
+
+# ---- one transaction per fetched batch ---------------------------------------------------------------
+
+
+def publish(cfg: BusConfig, items: list[tuple[str, bytes]]) -> list[int]:
+    """Put raw messages in the stream, in order, before any replica runs; returns their stream sequences."""
+
+    async def main(_nc: Any, js: Any) -> list[int]:
+        await bus.ensure_stream(js, cfg.stream, cfg.subject_prefix)
+        return [(await js.publish(subject, body)).seq for subject, body in items]
+
+    return list(_run(cfg.nats_url, main))
+
+
+def wire(cfg: BusConfig, body: dict[str, Any], site: str = "compound-7") -> tuple[str, bytes]:
+    subject = bus.event_subject(cfg.subject_prefix, site, body["camera_id"], body["type"])
+    return subject, json.dumps(body).encode()
+
+
+@pytest.fixture
+def replies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, float | None]]]:
+    """What the consumer answered each message: ack / nak / term → [(stream sequence, nak delay)]."""
+    from nats.aio.msg import Msg
+
+    got: dict[str, list[tuple[int, float | None]]] = {"ack": [], "nak": [], "term": []}
+    for name in got:
+
+        def answer(msg: Any, *a: Any, _name: str = name, _real: Any = getattr(Msg, name), **kw: Any) -> Any:
+            got[_name].append((msg.metadata.sequence.stream, kw.get("delay")))
+            return _real(msg, *a, **kw)
+
+        monkeypatch.setattr(Msg, name, answer)
+    return got
+
+
+def count_batches(calls: list[list[tuple[str, int]]]) -> Callable[[Runtime], None]:
+    """A ``prepare`` that records each ``put_events`` call as its messages' (id, seq)."""
+
+    def prepare(rt: Runtime) -> None:
+        real = rt.store.put_events
+
+        def put_events(evs: Any, worker: Any = None) -> Any:
+            calls.append([(ev.id, ev.seq) for ev in evs])
+            return real(evs, worker)
+
+        rt.store.put_events = put_events  # type: ignore[method-assign]
+
+    return prepare
+
+
+def test_a_fetched_batch_is_stored_in_one_call_and_only_bad_messages_are_terminated(
+    tmp_path: Path, bus_cfg: BusConfig, replies: dict[str, list[tuple[int, float | None]]]
+) -> None:
+    a = make_event()
+    b = make_event(camera_id="lot-north")
+    c = make_event()
+    a_closed = dict(a, seq=1, state="closed", ended_at=a["updated_at"])
+    a_elsewhere = dict(a, camera_id="lot-north", seq=2)  # valid alone; the batch has the id on gate-east
+    gate = bus.event_subject(bus_cfg.subject_prefix, "compound-7", "gate-east", "illegal_parking")
+    seqs = publish(
+        bus_cfg,
+        [
+            wire(bus_cfg, a),
+            (gate, b"{not json"),
+            wire(bus_cfg, b, site="compound-9"),
+            wire(bus_cfg, a_elsewhere),
+            wire(bus_cfg, a_closed),
+            (gate, json.dumps(make_event(camera_id="lot-north")).encode()),  # subject ≠ body
+            wire(bus_cfg, c),
+            wire(bus_cfg, make_event(camera_id="not-ours")),
+        ],
+    )
+    calls: list[list[tuple[str, int]]] = []
+    with replica(settings(tmp_path, bus_cfg), count_batches(calls)) as (client, consumer):
+        store = client.app.state.pingan.store  # type: ignore[attr-defined]
+        wait_for(
+            lambda: len(replies["ack"]) + len(replies["term"]) == len(seqs), what="every message answered"
+        )
+        assert calls == [[(a["id"], 0), (b["id"], 0), (a["id"], 2), (a["id"], 1), (c["id"], 0)]]
+        assert sorted(s for s, _ in replies["term"]) == [seqs[i] for i in (1, 3, 5, 7)]
+        assert sorted(s for s, _ in replies["ack"]) == [seqs[i] for i in (0, 2, 4, 6)]
+        assert replies["nak"] == []
+        assert consumer.stored == 4
+        assert store.count_events() == 3
+        view = store.get_event(a["id"])
+        assert view.payload["camera_id"] == "gate-east" and view.payload["state"] == "closed"
+        assert [(m["seq"], m["worker"]) for m in store.messages(a["id"])] == [
+            (0, "nats:compound-7"),
+            (1, "nats:compound-7"),
+        ]
+        assert [m["worker"] for m in store.messages(b["id"])] == ["nats:compound-9"]
+        info = wait_for(lambda: (i := consumer_info(bus_cfg)) and i.num_ack_pending == 0 and i, what="acks")
+        assert info.num_pending == 0
+
+
+def test_a_database_failure_naks_the_whole_batch_and_it_is_stored_once_when_back(
+    tmp_path: Path, bus_cfg: BusConfig, replies: dict[str, list[tuple[int, float | None]]]
+) -> None:
+    events = [make_event(camera_id=cam) for cam in ("gate-east", "lot-north", "gate-east")]
+    items = []
+    for body in events:
+        items += [
+            wire(bus_cfg, body),
+            wire(bus_cfg, dict(body, seq=1, state="closed", ended_at=body["updated_at"])),
+        ]
+    seqs = publish(bus_cfg, items)
+    down = threading.Event()
+    down.set()
+    calls: list[list[tuple[str, int]]] = []
+
+    def prepare(rt: Runtime) -> None:
+        count_batches(calls)(rt)
+
+        # fails inside the transaction, after the batch's messages were inserted: they must roll back too
+        @sa.event.listens_for(rt.store.engine, "before_cursor_execute")
+        def fail(_conn: Any, _cursor: Any, statement: str, *_a: Any) -> None:
+            if down.is_set() and statement.lstrip().upper().startswith("INSERT INTO EVENTS "):
+                raise sa.exc.OperationalError(statement, None, ConnectionError("database is down"))
+
+    with replica(settings(tmp_path, bus_cfg), prepare) as (client, consumer):
+        store = client.app.state.pingan.store  # type: ignore[attr-defined]
+        wait_for(lambda: len(replies["nak"]) >= len(seqs), what="the batch nak'ed")
+        assert calls[0] == [(e["id"], s) for e in events for s in (0, 1)]
+        assert sorted(replies["nak"][: len(seqs)]) == [(s, 2.0) for s in seqs]
+        assert replies["ack"] == [] and replies["term"] == []
+        assert store.count_events() == 0
+        with store.engine.connect() as c:
+            assert c.execute(sa.text("SELECT count(*) FROM event_messages")).scalar_one() == 0
+        down.clear()
+        wait_for(
+            lambda: len(replies["ack"]) == len(seqs), timeout=20, what="the batch stored after the outage"
+        )
+        assert sorted(s for s, _ in replies["ack"]) == seqs
+        assert consumer.stored == len(seqs)
+        for e in events:
+            assert [m["seq"] for m in store.messages(e["id"])] == [0, 1]
+            assert store.get_event(e["id"]).payload["state"] == "closed"
+        assert store.count_events() == len(events)
+
+
+def test_open_and_closed_in_one_batch_end_closed_and_are_shown_in_order_with_evidence(
+    tmp_path: Path, bus_cfg: BusConfig, replies: dict[str, list[tuple[int, float | None]]]
+) -> None:
+    jpg = b"\xff\xd8" + bytes(range(256)) * 40 + b"\xff\xd9"
+    body = with_still(jpg)
+    ev = Event.model_validate(body)
+    closed = Event.model_validate(dict(body, seq=1, state="closed", ended_at=body["updated_at"]))
+    with sink(bus_cfg) as snk:
+        snk.send(ev, {"scene-1.jpg": jpg})
+        snk.send(closed, {})
+    calls: list[list[tuple[str, int]]] = []
+    shown: list[dict[str, Any]] = []
+
+    def prepare(rt: Runtime) -> None:
+        count_batches(calls)(rt)
+        real = rt.broadcaster.publish
+
+        def publish(kind: str, data: dict[str, Any], meta: dict[str, Any]) -> None:
+            if kind == "event":
+                shown.append(data)
+            real(kind, data, meta)
+
+        rt.broadcaster.publish = publish  # type: ignore[method-assign]
+
+    with replica(settings(tmp_path, bus_cfg), prepare) as (client, consumer):
+        store = client.app.state.pingan.store  # type: ignore[attr-defined]
+        wait_for(lambda: len(replies["ack"]) == 2, what="both acked")
+        assert calls == [[(ev.id, 0), (ev.id, 1)]]
+        assert store.get_event(ev.id).payload["state"] == "closed"
+        # each message as it was stored (an MQTT "new" then "end"), both with the still copied in this batch
+        assert [(d["seq"], d["state"]) for d in shown] == [(0, "open"), (1, "closed")]
+        assert all(d["evidence"][0]["stored"] and d["evidence"][0]["size"] == len(jpg) for d in shown)
+        found = store.get_evidence(ev.id, store_scope(), "scene-1.jpg")
+        assert found is not None and found[1].read_bytes() == jpg
+        assert consumer.stored == 2 and replies["nak"] == [] and replies["term"] == []
+
+
+def test_a_replica_stopping_mid_batch_naks_it_for_another_at_once(
+    tmp_path: Path, bus_cfg: BusConfig, replies: dict[str, list[tuple[int, float | None]]]
+) -> None:
+    events = [make_event() for _ in range(3)]
+    seqs = publish(bus_cfg, [wire(bus_cfg, e) for e in events])
+    entered = threading.Event()
+
+    def prepare(rt: Runtime) -> None:
+        def put_events(evs: Any, worker: Any = None) -> Any:
+            entered.set()  # the batch is in the worker thread: hold it until the app has shut down
+            deadline = time.monotonic() + 30
+            while not rt.broadcaster.closed and time.monotonic() < deadline:
+                time.sleep(0.02)
+            raise ConnectionError("the process is going away")
+
+        rt.store.put_events = put_events  # type: ignore[method-assign]
+
+    s = settings(tmp_path, bus_cfg)
+    with replica(s, prepare):
+        assert entered.wait(15)
+    assert sorted(replies["nak"]) == [(q, None) for q in seqs]  # no delay: not after ack_wait (10 s)
+    t0 = time.monotonic()
+    with replica(s) as (client, consumer):
+        store = client.app.state.pingan.store  # type: ignore[attr-defined]
+        wait_for(lambda: store.count_events() == len(events), what="the other replica storing them")
+        assert time.monotonic() - t0 < 8.0
+        assert consumer.stored == len(events)

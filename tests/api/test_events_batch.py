@@ -248,3 +248,28 @@ def test_store_batch_costs_a_constant_number_of_statements(any_db_settings) -> N
         assert len([s for s in statements if s not in ("BEGIN", "COMMIT", "ROLLBACK")]) <= 4, statements
     finally:
         engine.dispose()
+
+
+def test_store_batch_records_each_message_with_its_own_worker(any_db_settings) -> None:
+    """A bus batch mixes compounds: each message keeps the worker it came from, given one name a message."""
+    from api.db import make_engine, migrate
+    from api.store import Store
+    from pipeline.events import Event
+
+    engine = make_engine(any_db_settings.database_url)
+    try:
+        migrate(engine)
+        store = Store(engine, any_db_settings.media_dir)
+        evs = [Event.model_validate(make_event()) for _ in range(2)]
+        evs.append(Event.model_validate(closed(evs[0].to_wire(), 1)))
+        assert [o.status for o in store.put_events(evs, ["nats:a", None, "nats:c"])] == [
+            "created",
+            "created",
+            "updated",
+        ]
+        assert [m["worker"] for m in store.messages(evs[0].id)] == ["nats:a", "nats:c"]
+        assert [m["worker"] for m in store.messages(evs[1].id)] == [None]
+        with pytest.raises(ValueError):
+            store.put_events(evs, ["nats:a"])
+    finally:
+        engine.dispose()
