@@ -76,6 +76,7 @@ from benchmarks.common import (
     reshaped_nanodet,
     result_path,
     rss_mib,
+    same_session,
     write_json,
 )
 
@@ -385,11 +386,7 @@ def _load_detector(spec: TrialSpec) -> Any:
         path = Path(spec.models_dir) / entry.file_for(det.precision)[0]
         det.session = ort.InferenceSession(str(path), sess_options=so, providers=det.providers)
     if spec.square_input:  # the lever: the same session fed the full square, every frame stretched
-        from pipeline.detection import OnnxDetector
-
-        square = det.entry.input.model_copy(update={"dynamic_height": False})
-        entry = det.entry.model_copy(update={"input": square})
-        det = OnnxDetector(det.name, entry, det.session, det.sha256 or "", det.precision)
+        det = same_session(det, square=True)
     return det
 
 
@@ -681,9 +678,8 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
     entry = model_entry(spec.model, Path(spec.models_dir))
     file, sha = entry.file_for("fp32")
     path = str(Path(spec.models_dir) / file)
-    size = spec.naive_input or entry.input.width
-    if size != entry.input.width or entry.input.dynamic_height:
-        # a hand-rolled script stretches every frame to the square its model was exported at
+    size = naive_square(entry, spec.naive_input)
+    if size is not None:
         resized = naive_model(entry, Path(spec.models_dir) / file, size)
         path, file, sha = str(resized), resized.name, sha256_file(resized)
         square = entry.input.model_copy(update={"width": size, "height": size, "dynamic_height": False})
@@ -764,6 +760,13 @@ def _naive_trial(spec: TrialSpec) -> dict[str, Any]:
     return out
 
 
+def naive_square(entry: Any, naive_input: int) -> int | None:
+    """The square the naive baseline's model needs re-shaping to, or None when the shipped file is it: a
+    hand-rolled script stretches every frame to the square its model was exported at."""
+    size = naive_input or entry.input.width
+    return size if size != entry.input.width or entry.input.dynamic_height else None
+
+
 def naive_model(entry: Any, src: Path, size: int) -> Path:
     """The FP32 model re-shaped to ``size``×``size`` for the naive baseline (the issue's naive script runs at
     640), built once into the bench cache by models/build_nanodet.py's re-shape (same weights and ops)."""
@@ -776,8 +779,8 @@ def _prebuild_naive(opts: Options) -> None:
     from pipeline.manifest import model_entry
 
     entry = model_entry(opts.model, ROOT / "models")
-    size = opts.naive_input or entry.input.width
-    if size != entry.input.width or entry.input.dynamic_height:
+    size = naive_square(entry, opts.naive_input)
+    if size is not None:
         naive_model(entry, ROOT / "models" / entry.file, size)
 
 
@@ -1143,8 +1146,10 @@ class Runner:
             lever("input_square", what, square_input=True)
         small = f"{o.model}-320"
         if small in load_manifest(ROOT / "models").models:
-            what = f"model {small!r}: same weights at {input_size(model_entry(small, ROOT / 'models'))} "
-            f"(baseline {input_size(entry)})"
+            what = (
+                f"model {small!r}: same weights at {input_size(model_entry(small, ROOT / 'models'))} "
+                f"(baseline {input_size(entry)})"
+            )
             lever("input_size_320", what, model=small)
         else:
             rows.append({"lever": "input_size", "skipped": f"manifest has no {small!r} entry"})

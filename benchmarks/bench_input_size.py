@@ -37,7 +37,16 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.common import loadavg, machine_info, note, now_iso, reshaped_nanodet, result_path, write_json
+from benchmarks.common import (
+    loadavg,
+    machine_info,
+    note,
+    now_iso,
+    reshaped_nanodet,
+    result_path,
+    same_session,
+    write_json,
+)
 from models.quantize import VTEST, matched_recall, time_ms, video_frames
 from pipeline.detection import OnnxDetector, load_detector, session_options
 from pipeline.detections import LABELS, Detections
@@ -60,20 +69,9 @@ def key(name: str, prec: str, shape: str) -> str:
     return f"{name}/{prec}/{shape}"
 
 
-def with_threshold(det: OnnxDetector, threshold: float | None, square: bool = False) -> OnnxDetector:
-    """The same session with another score threshold and/or the height pinned to the square."""
-    update: dict[str, Any] = {}
-    if threshold is not None:
-        update["score_threshold"] = threshold
-    if square:
-        update["input"] = det.entry.input.model_copy(update={"dynamic_height": False})
-    entry = det.entry.model_copy(update=update)
-    return OnnxDetector(det.name, entry, det.session, det.sha256 or "", det.precision)
-
-
 def candidate(name: str, prec: str, shape: str, threshold: float | None = None) -> OnnxDetector:
     det = load_detector(name, MODELS, providers=["cpu"], intra_op_threads=1, precision=prec)
-    return with_threshold(det, threshold, square=shape == "square")
+    return same_session(det, threshold, square=shape == "square")
 
 
 def reference(threshold: float) -> OnnxDetector:

@@ -294,3 +294,17 @@ def reshaped_nanodet(src: Path, size: int, keep_square: bool = False) -> Path:
             mod.reshape_build(src, tmp, size, keep_square=keep_square)
         tmp.replace(out)
     return out
+
+
+def same_session(det: Any, threshold: float | None = None, square: bool = False) -> Any:
+    """``det`` (an OnnxDetector) on the same ORT session with another score threshold and/or its free input
+    height pinned to the full square (frames stretched, as before the height was free)."""
+    from pipeline.detection import OnnxDetector
+
+    update: dict[str, Any] = {}
+    if threshold is not None:
+        update["score_threshold"] = threshold
+    if square:
+        update["input"] = det.entry.input.model_copy(update={"dynamic_height": False})
+    entry = det.entry.model_copy(update=update)
+    return OnnxDetector(det.name, entry, det.session, det.sha256 or "", det.precision)

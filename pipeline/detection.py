@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from pipeline.adapters import NanoDetLevel, from_nanodet_output, from_yolo_output, preprocess
+from pipeline.adapters import NanoDetLevel, fit, from_nanodet_output, from_yolo_output, preprocess
 from pipeline.detections import Detections
 from pipeline.errors import DetectorError, ModelError
 from pipeline.manifest import ModelEntry, Precision, check_contract, model_entry, probe_outputs, verify_file
@@ -90,10 +90,12 @@ def _provider_options(
                 # One engine for every batch size up to max_batch, instead of a rebuild per new size.
                 i = entry.input
                 shape = f"{i.name}:{{}}x3x{{}}x{i.width}"
-                m = entry.height_multiple()
+                pre = entry.preprocess()
                 # A dynamic height ranges over every multiple of the stride; 16:9 frames are the common case.
-                opt_h = min(i.height, -(-i.width * 9 // 16 // m) * m) if i.dynamic_height else i.height
-                trt["trt_profile_min_shapes"] = shape.format(1, m if i.dynamic_height else i.height)
+                opt_h = pre.rows(fit(1920, 1080, pre))
+                trt["trt_profile_min_shapes"] = shape.format(
+                    1, pre.height_multiple if i.dynamic_height else i.height
+                )
                 trt["trt_profile_opt_shapes"] = shape.format(max_batch, opt_h)
                 trt["trt_profile_max_shapes"] = shape.format(max_batch, i.height)
             options.append(trt)

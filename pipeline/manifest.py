@@ -119,13 +119,13 @@ class ModelEntry(_Strict):
         return Preprocess(
             i.width,
             i.height,
-            i.mean,
-            i.std,
-            i.color == "RGB",
-            i.letterbox,
-            i.pad_value,
-            i.dynamic_height,
-            self.height_multiple(),
+            mean=i.mean,
+            std=i.std,
+            rgb=i.color == "RGB",
+            letterbox=i.letterbox,
+            pad_value=i.pad_value,
+            dynamic_height=i.dynamic_height,
+            height_multiple=self.height_multiple(),
         )
 
     def file_for(self, precision: Precision) -> tuple[str, str]:
