@@ -426,7 +426,7 @@ class _FullDecodeSource:
             "probesize": "32768",
             "fpsprobesize": "0",
         }
-        with av.open(self.url, options=opts, timeout=(5.0, 5.0)) as container:
+        with av.open(self.url, options=opts, timeout=(5.0, None)) as container:  # as Source: no GIL per read
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
             tb = float(stream.time_base or 0)

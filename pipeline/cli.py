@@ -423,6 +423,12 @@ def bench_cameras(ctx: typer.Context) -> None:
     _bench("bench_cameras", ctx.args)
 
 
+@bench_app.command("demux", context_settings=_PASS_ARGS)
+def bench_demux(ctx: typer.Context) -> None:
+    """What reading N RTSP cameras costs before decoding, by read-timeout mode and transport."""
+    _bench("bench_demux", ctx.args)
+
+
 @bench_app.command("detector", context_settings=_PASS_ARGS)
 def bench_detector(ctx: typer.Context) -> None:
     """Detector throughput by batch size and execution provider (--help for options)."""

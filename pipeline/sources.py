@@ -26,11 +26,14 @@ clock, anchored once per connection, never going backwards. A live stream's anch
 packet is read sooner after its predecessors than its timestamps say (the ones buffered while probing came out
 late), so no frame is stamped later than its packet was read. Files that loop carry on from the last ``ts``.
 
-Hangs: FFmpeg's ``timeout`` option and PyAV's interrupt timeouts (``av.open(timeout=(open_s, read_s))`` with
-``read_s = stall_timeout_s / 2``; a blocked read fails after ~2 × read_s) end a read on a silent socket; a
-watchdog (run by ``status()`` and by the ``frames()`` loop) reports ``stalled`` once no packet came for
-``stall_timeout_s``. Measured against a SIGSTOP'd GStreamer server: stalled at stall_timeout_s, backoff ~0.1 s
-later.
+Hangs: FFmpeg's ``timeout`` option (socket I/O, ``read_s = stall_timeout_s / 2``) ends a read on a silent
+socket, and PyAV's interrupt timeout bounds the whole open (``av.open(timeout=(open_s, None))``); a watchdog
+(run by ``status()`` and by the ``frames()`` loop) reports ``stalled`` once no packet came for
+``stall_timeout_s``. Measured against a SIGSTOP'd GStreamer server: stalled at stall_timeout_s, backoff soon
+after. PyAV gets no read timeout on purpose: its interrupt callback takes the GIL on every FFmpeg I/O call
+(several per RTP packet). Beside a thread busy in Python each of those waits a switch interval, and with many
+cameras in one process the GIL traffic costs CPU: demuxing alone, 108 cameras cost 3.7 → 2.9 thousandths of a
+core each, and 54 whose packets arrive together 17.6 → 2.7 (``pingan bench demux``).
 """
 
 from __future__ import annotations
@@ -376,7 +379,8 @@ class Source:
             "probesize": "32768",
             "fpsprobesize": "0",
         }
-        return av.open(self._target, options=options, timeout=(self.open_timeout_s, self.read_timeout_s))
+        # no PyAV read timeout: see "Hangs" above (the socket timeout in options ends a silent read)
+        return av.open(self._target, options=options, timeout=(self.open_timeout_s, None))
 
     def _session(self) -> bool:
         """One connection: demux, decode, sample, deliver. Returns at EOF (True if it delivered frames)."""

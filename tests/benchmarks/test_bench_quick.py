@@ -125,6 +125,29 @@ def test_bench_cameras_lot_substream_lever(tmp_path: Path, monkeypatch: pytest.M
     assert runner.urls("lsub", 2) == ["rtsp://127.0.0.1:8554/lsub0", "rtsp://127.0.0.1:8554/lsub1"]
 
 
+@pytest.mark.rtsp
+def test_bench_demux_quick(tmp_path: Path) -> None:
+    require_gst_rtsp()
+    from benchmarks import bench_demux
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert bench_demux.main(["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    result = _load(out, "demux")
+    _machine_ok(result["machine"])
+    rows = result["rows"]
+    variants = ["pyav_read_timeout", "socket_timeout", "udp"]
+    assert [(r["variant"], r["clients_per_path"]) for r in rows] == [(v, 1) for v in variants] + [
+        ("pyav_read_timeout", 2),
+        ("socket_timeout", 2),
+    ]
+    for r in rows:
+        assert not r["errors"] and r["cameras"] == 2
+        assert 0 < r["client_cores"] < 2.5 and r["server_cpu_cores"] > 0
+        assert r["mb_per_s_per_camera"]["min"] > 0.1  # every camera was read (the clip sends ~0.52 MB/s)
+        assert r["cost_vs_pyav_read_timeout"] > 0
+
+
 def test_bench_detector_quick(tmp_path: Path) -> None:
     from benchmarks import bench_detector
 

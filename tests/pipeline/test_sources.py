@@ -289,6 +289,45 @@ def test_rtsp_low_bitrate_frames_are_not_stamped_after_they_arrive(
     assert received[-1][0] - received[-1][1] < 1.5  # still close to the wall clock
 
 
+def noise_scene(i: int, _t: float, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    return np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.rtsp
+def test_rtsp_reads_keep_up_beside_a_thread_busy_in_python(
+    rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path], no_thread_leak: None
+) -> None:
+    # PyAV's read timeout runs an interrupt callback that takes the GIL on every FFmpeg socket read (several
+    # per RTP packet). Beside a thread busy in Python each of those waited a switch interval (5 ms), so a
+    # camera sending many RTP packets a frame fell seconds behind its stream (and with many cameras in one
+    # process the GIL traffic costs CPU: pingan bench demux).
+    clip = clip_factory("noise_4s_25fps", seconds=4, fps=25, size=(640, 360), gop=25, scene_fn=noise_scene)
+    srv = rtsp_server({"cam1": clip})
+    src = open_source(rtsp_camera(srv.url("cam1")), threading.Event())
+    c = Collector(src)
+    assert c.wait_frames(1, 10)
+    done = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not done.is_set():
+            n += 1
+
+    busy = threading.Thread(target=spin, daemon=True)
+    busy.start()
+    try:
+        t0, i0 = time.monotonic(), c.got[-1][1].index
+        c.wait_frames(3, 6)  # keyframe-only at 1 a second; Frame.index counts the packets read
+        t1, i1 = time.monotonic(), c.got[-1][1].index
+    finally:
+        done.set()
+        busy.join(5)
+        c.close()
+    rate = (i1 - i0) / (t1 - t0)
+    assert rate > 0.7 * 25, f"read {rate:.1f} packets/s of a 25 fps stream beside a busy thread"
+
+
 @pytest.mark.rtsp
 def test_rtsp_server_killed_then_back(
     rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
@@ -401,7 +440,7 @@ def test_stop_event_ends_backoff_and_hung_reads_promptly(
     src = open_source(rtsp_camera(srv.url("cam1"), backoff_max_s=30.0), stop)
     c = Collector(src)
     assert c.wait_frames(1, 10)
-    srv.pause()  # a hung read: PyAV blocks until its read timeout
+    srv.pause()  # a hung read: blocks until FFmpeg's socket timeout
     t = time.monotonic()
     stop.set()
     c.thread.join(STALL_S + 2)
