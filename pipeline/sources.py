@@ -15,7 +15,10 @@ Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are 
 not even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed;
 above it, every frame is decoded and only the sampled ones are converted to BGR. The keyframe interval is
 learnt from the packets (demuxing is ~0.03 ms a frame), so a connection starts in keyframe mode and switches
-at a keyframe.
+at a keyframe. Between keyframes a keyframe-only live reader that has caught up with the stream pauses
+(``read_pause_s``, ending ``_PAUSE_MARGIN_S`` before the next keyframe is due) and then reads what the socket
+gathered in one burst: FFmpeg reads RTSP one RTP packet at a time, and waking the thread for each of them
+cost more than reading them (80 cameras at 0.5 det/s: 1.51 → 1.46 cores, and the RTSP server 0.42 → 0.37).
 
 Evidence streams (``keyframe_sink``): a camera that detects on its sub-stream still takes evidence from
 its main stream, which is then only demuxed: every keyframe goes to the sink as a packet, decoded only
@@ -67,6 +70,8 @@ _FPS_WINDOW_S = 10.0
 _NO_KEYFRAME_S = 10.0  # stream seconds without a flagged keyframe before we let the decoder decide
 _MAX_BAD_PACKETS = 50  # decode errors in a row before the connection is given up
 _SELF_DESCRIBING_CODECS = frozenset({"h264", "hevc"})  # parameter sets in band or in extradata
+_PAUSE_MARGIN_S = 0.04  # a read pause ends this long before the next keyframe's capture time
+_PAUSE_MIN_S = 0.02  # shorter pauses save nothing
 
 
 class _Fault(Exception):
@@ -136,6 +141,7 @@ class Source:
         fast_keyframes: bool = True,
         packet_gate: PacketGate | None = None,
         keyframe_sink: Callable[[Keyframe], None] | None = None,
+        read_pause_s: float = 0.2,
     ) -> None:
         target = str(target)
         self.camera_id = camera_id
@@ -176,6 +182,8 @@ class Source:
         # An evidence stream (pipeline/evidence_stream.py): nothing is decoded; every keyframe goes to the
         # sink as a packet, and frames() yields nothing.
         self.keyframe_sink = keyframe_sink
+        # Keyframe-only reads pause up to this long between bursts when caught up (see _pump); 0: never.
+        self.read_pause_s = float(read_pause_s)
 
     # ---- FrameSource ---------------------------------------------------------------------------------------
 
@@ -423,6 +431,7 @@ class Source:
 
         bad = 0  # decode errors in a row
         live = not self.is_file
+        pause_s = self.read_pause_s
         gate = self.packet_gate
         sink = self.keyframe_sink
         src = stream.codec_context
@@ -486,6 +495,16 @@ class Source:
                 cc = self._decoder(stream, True)
             if not full:
                 if not key:
+                    if live and pause_s > 0 and key_iv is not None and last_key_t is not None:
+                        # Keyframe-only, nothing to decode before the next keyframe: when caught up with the
+                        # stream, let the socket gather packets for a while and read them in one go, instead
+                        # of waking for every RTP packet; the pause ends before the next keyframe is due.
+                        wall_now = time.time()
+                        if wall_now - (wall0 + (t - t0)) < frame_iv:
+                            until = wall0 + (last_key_t + key_iv - t0) - _PAUSE_MARGIN_S - wall_now
+                            pause = min(pause_s, until)
+                            if pause > _PAUSE_MIN_S and self._wait(pause):
+                                break
                     continue
                 tsk = wall0 + (t - t0)
                 slack = 0.5 * (key_iv or frame_iv)

@@ -55,6 +55,9 @@ def test_still_is_a_jpeg_with_caption_band_and_box() -> None:
     # the box outline is drawn (red in BGR) where the scene was grey
     edge = out[int(box[1]) + 20 : int(box[3]) - 20, int(box[0])].astype(int)
     assert (edge[:, 2] > 180).all() and (edge[:, 1] < 120).all()
+    # its label sits on a box-coloured tag just above the box's top-left corner (red or white: red is high)
+    tag = out[int(box[1]) - 14 : int(box[1]) - 2, int(box[0]) + 1 : int(box[0]) + 30].astype(int)
+    assert tag[..., 2].mean() > 180 and tag[..., 1].std() > 20  # white text on it
     # elsewhere the scene is the scene (JPEG tolerance)
     assert np.abs(out[5:100, 5:100].astype(int) - img[5:100, 5:100].astype(int)).mean() < 6
 

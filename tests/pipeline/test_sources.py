@@ -86,6 +86,24 @@ def no_thread_leak() -> Iterator[None]:
     assert not extra, f"threads left running: {[t.name for t in extra]}"
 
 
+def receive(src: Source, n: int, timeout_s: float) -> list[tuple[float, Frame]]:
+    """(arrival wall time, frame) for the first ``n`` frames (fewer after ``timeout_s``); closes ``src``."""
+    received: list[tuple[float, Frame]] = []
+
+    def run() -> None:
+        for f in src.frames():
+            received.append((time.time(), f))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    end = time.monotonic() + timeout_s
+    while len(received) < n and time.monotonic() < end:
+        time.sleep(0.05)
+    src.close()
+    t.join(5)
+    return received
+
+
 def rtsp_camera(url: str, **kw: Any) -> Camera:
     base: dict[str, Any] = {
         "id": "cam",
@@ -270,19 +288,7 @@ def test_rtsp_low_bitrate_frames_are_not_stamped_after_they_arrive(
     clip = clip_factory("parking_12s_320", seconds=12, fps=10, size=(320, 180), gop=10)
     srv = rtsp_server({"sub": clip})
     src = open_source(rtsp_camera(srv.url("sub")), threading.Event())
-    received: list[tuple[float, float]] = []
-
-    def run() -> None:
-        for f in src.frames():
-            received.append((time.time(), f.ts))
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    end = time.monotonic() + 15
-    while len(received) < 5 and time.monotonic() < end:
-        time.sleep(0.05)
-    src.close()
-    t.join(5)
+    received = [(got, f.ts) for got, f in receive(src, 5, 15)]
     assert len(received) >= 5
     late = [round(ts - got, 3) for got, ts in received if ts > got]
     assert not late, f"frames stamped after they arrived, by (s): {late}"
@@ -326,6 +332,23 @@ def test_rtsp_reads_keep_up_beside_a_thread_busy_in_python(
         c.close()
     rate = (i1 - i0) / (t1 - t0)
     assert rate > 0.7 * 25, f"read {rate:.1f} packets/s of a 25 fps stream beside a busy thread"
+
+
+@pytest.mark.rtsp
+@pytest.mark.parametrize("pause_s", [0.0, 0.9])
+def test_rtsp_read_pauses_end_before_the_next_keyframe(
+    rtsp_server: Callable[..., Any], parking_clip_25: Path, pause_s: float, no_thread_leak: None
+) -> None:
+    # Keyframe-only reads pause between bursts (the socket gathers packets, the thread is not woken for each
+    # RTP packet); even a pause far longer than a frame must end before the keyframe it would delay.
+    srv = rtsp_server({"cam1": parking_clip_25})
+    src = Source(srv.url("cam1"), camera_id="cam1", detect_fps=1.0, read_pause_s=pause_s, stall_timeout_s=4.0)
+    received = receive(src, 6, 15)
+    assert len(received) >= 6, src.status()
+    lags = [round(got - f.ts, 3) for got, f in received[2:]]  # the first come out of the probe's buffer
+    assert max(lags) < 0.3, f"keyframes delivered late (s): {lags}"
+    packets = [f.index for _, f in received[2:]]
+    assert all(20 <= b - a <= 30 for a, b in itertools.pairwise(packets)), packets  # every packet was read
 
 
 @pytest.mark.rtsp
