@@ -444,11 +444,20 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
                 stored = [r[0] for r in c.execute(sa.text("SELECT id FROM events"))]
                 msgs = list(c.execute(sa.text("SELECT event_id, seq FROM event_messages")))
                 evidence = list(c.execute(sa.text("SELECT event_id, stored_at FROM evidence")))
-            if done <= set(stored) and len(msgs) >= 2 * len(done):
+            per_event: dict[str, list[int]] = {}
+            for eid, seq in msgs:
+                per_event.setdefault(eid, []).append(seq)
+            # every spooled event with both its messages; counting all messages let the wait end while the
+            # ones of events a publisher was unsure of stood in for a spooled event's second, still in flight
+            partial = {
+                e: sorted(per_event.get(e, [])) for e in done if sorted(per_event.get(e, [])) != [0, 1]
+            }
+            if done <= set(stored) and not partial:
                 break
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"{len(done - set(stored))} of {len(done)} events never stored\n"
+                    f"{len(done - set(stored))} of {len(done)} events never stored; "
+                    f"{len(partial)} without both messages: {dict(list(partial.items())[:5])}\n"
                     f"A:\n{a.tail()}\nB:\n{b.tail()}"
                 )
             time.sleep(0.5)
@@ -456,10 +465,6 @@ def test_district_stores_every_event_once_and_shows_it_live(district: dict[str, 
         engine.dispose()
     assert len(stored) == len(set(stored))  # exactly once
     assert set(stored) - done <= uncertain  # nothing that no publisher spooled
-    per_event: dict[str, list[int]] = {}
-    for eid, seq in msgs:
-        per_event.setdefault(eid, []).append(seq)
-    assert all(sorted(per_event[e]) == [0, 1] for e in done)
     assert evidence and all(stored_at is not None for _, stored_at in evidence)
 
     deadline = time.monotonic() + 20
