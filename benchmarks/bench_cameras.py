@@ -415,18 +415,10 @@ class _FullDecodeSource:
                 continue
 
     def _run(self) -> None:
-        import av
-
         from pipeline.protocols import Frame
+        from pipeline.sources import open_rtsp
 
-        opts = {
-            "rtsp_transport": "tcp",
-            "timeout": "5000000",
-            "analyzeduration": "0",
-            "probesize": "32768",
-            "fpsprobesize": "0",
-        }
-        with av.open(self.url, options=opts, timeout=(5.0, None)) as container:  # as Source: no GIL per read
+        with open_rtsp(self.url, "tcp", 5.0, 5.0) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
             tb = float(stream.time_base or 0)

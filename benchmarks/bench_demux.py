@@ -50,17 +50,12 @@ VARIANTS = ("pyav_read_timeout", "socket_timeout", "udp")
 def _open(url: str, variant: str) -> Any:
     import av
 
-    options = {
-        "rtsp_transport": "udp" if variant == "udp" else "tcp",
-        "timeout": "5000000",
-        "analyzeduration": "0",
-        "probesize": "32768",
-        "fpsprobesize": "0",
-    }
-    if variant == "udp":
-        options["buffer_size"] = str(4 << 20)  # 1080p keyframes arrive as bursts of ~170 datagrams
-    read_s = 5.0 if variant == "pyav_read_timeout" else None
-    return av.open(url, options=options, timeout=(5.0, read_s))
+    from pipeline.sources import open_rtsp
+
+    if variant != "pyav_read_timeout":
+        return open_rtsp(url, "udp" if variant == "udp" else "tcp", 5.0, 5.0)
+    options = {"rtsp_transport": "tcp", "timeout": "5000000", "analyzeduration": "0", "probesize": "32768"}
+    return av.open(url, options=options | {"fpsprobesize": "0"}, timeout=(5.0, 5.0))  # Source before 9aa4128
 
 
 def run_row(spec: dict[str, Any]) -> dict[str, Any]:

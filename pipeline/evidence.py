@@ -193,8 +193,7 @@ def _label_patch(
     label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, th: int, thick: int
 ) -> npt.NDArray[np.uint8]:
     """A box's label: white text on the box colour, BGR."""
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    tw = _text_width(probe, label, font)
+    tw = font.getlength(label)
     patch = Image.new("RGB", (max(1, round(tw + 2 * thick)) + 1, th + 2 * thick + 1), BOX_COLOUR)
     ImageDraw.Draw(patch).text((thick, thick), label, font=font, fill=LABEL_FG)
     return np.asarray(patch)[:, :, ::-1]

@@ -104,6 +104,32 @@ class _Carry:
     key_iv: float | None
 
 
+def open_rtsp(url: str, transport: str, open_timeout_s: float, read_timeout_s: float) -> Any:
+    """An RTSP stream opened as every pingan reader opens it: FFmpeg's socket timeout ends a silent read, and
+    PyAV's interrupt timeout bounds only the open (no PyAV read timeout: see "Hangs" above); probing is kept
+    short so the first frame comes within a GOP."""
+    options = {
+        "rtsp_transport": transport,
+        "timeout": str(int(read_timeout_s * 1e6)),
+        "analyzeduration": "0",
+        "probesize": "32768",
+        "fpsprobesize": "0",
+    }
+    if transport == "udp":
+        options["buffer_size"] = str(4 << 20)  # a 1080p keyframe arrives as a burst of ~170 datagrams
+    return av.open(url, options=options, timeout=(open_timeout_s, None))
+
+
+def _read_pause(now: float, packet_ts: float, next_key_ts: float, frame_iv: float, pause_s: float) -> float:
+    """How long a keyframe-only reader may pause after a non-key packet captured at ``packet_ts``: only when
+    it has caught up with the stream (read within a frame interval of capture), at most ``pause_s``, and
+    ending ``_PAUSE_MARGIN_S`` before the next keyframe; 0 when not worth it. All times wall-clock seconds."""
+    if now - packet_ts >= frame_iv:
+        return 0.0  # behind the stream: read on
+    pause = min(pause_s, next_key_ts - _PAUSE_MARGIN_S - now)
+    return pause if pause > _PAUSE_MIN_S else 0.0
+
+
 def _advance(next_due: float | None, ts: float, period: float, slack: float) -> float:
     """The next sampling time after taking a frame at ``ts``; no catching up after a gap."""
     if next_due is None or next_due + period <= ts - slack:
@@ -380,15 +406,7 @@ class Source:
     def _open(self) -> Any:
         if self.is_file:
             return av.open(self._target)
-        options = {
-            "rtsp_transport": self.transport,
-            "timeout": str(int(self.read_timeout_s * 1e6)),
-            "analyzeduration": "0",
-            "probesize": "32768",
-            "fpsprobesize": "0",
-        }
-        # no PyAV read timeout: see "Hangs" above (the socket timeout in options ends a silent read)
-        return av.open(self._target, options=options, timeout=(self.open_timeout_s, None))
+        return open_rtsp(self._target, self.transport, self.open_timeout_s, self.read_timeout_s)
 
     def _session(self) -> bool:
         """One connection: demux, decode, sample, deliver. Returns at EOF (True if it delivered frames)."""
@@ -496,15 +514,16 @@ class Source:
             if not full:
                 if not key:
                     if live and pause_s > 0 and key_iv is not None and last_key_t is not None:
-                        # Keyframe-only, nothing to decode before the next keyframe: when caught up with the
-                        # stream, let the socket gather packets for a while and read them in one go, instead
-                        # of waking for every RTP packet; the pause ends before the next keyframe is due.
-                        wall_now = time.time()
-                        if wall_now - (wall0 + (t - t0)) < frame_iv:
-                            until = wall0 + (last_key_t + key_iv - t0) - _PAUSE_MARGIN_S - wall_now
-                            pause = min(pause_s, until)
-                            if pause > _PAUSE_MIN_S and self._wait(pause):
-                                break
+                        # nothing to decode before the next keyframe: let the socket gather packets
+                        pause = _read_pause(
+                            time.time(),
+                            wall0 + (t - t0),
+                            wall0 + (last_key_t + key_iv - t0),
+                            frame_iv,
+                            pause_s,
+                        )
+                        if pause and self._wait(pause):
+                            break
                     continue
                 tsk = wall0 + (t - t0)
                 slack = 0.5 * (key_iv or frame_iv)

@@ -536,3 +536,15 @@ def test_mpeg4_part2_avi_decodes(no_thread_leak: None) -> None:
     assert len(frames) == 6, status
     assert frames[0].image.shape == (576, 768, 3)
     assert all(b.ts > a.ts for a, b in itertools.pairwise(frames))
+
+
+def test_read_pause_only_when_caught_up_and_ends_before_the_next_keyframe() -> None:
+    from pipeline.sources import _PAUSE_MARGIN_S, _read_pause
+
+    # caught up (packet read 10 ms after capture), next keyframe 0.8 s away: the full pause
+    assert _read_pause(100.0, 99.99, 100.8, 0.04, 0.2) == 0.2
+    # the next keyframe is near: the pause ends the margin before it
+    assert _read_pause(100.0, 99.99, 100.1, 0.04, 0.2) == pytest.approx(0.1 - _PAUSE_MARGIN_S)
+    # too near to be worth a pause, or already behind the stream: none
+    assert _read_pause(100.0, 99.99, 100.05, 0.04, 0.2) == 0.0
+    assert _read_pause(100.0, 99.9, 100.8, 0.04, 0.2) == 0.0
