@@ -5,10 +5,16 @@
                                                       NAME=FILE.mp4 [NAME=FILE.mp4 ...]
 
 Serves each MP4 (H.264) at ``rtsp://HOST:PORT/NAME`` forever, looping, without re-encoding: the file's access
-units are read once (``filesrc ! qtdemux ! h264parse``) and pushed in real time into ``appsrc ! h264parse !
-rtph264pay config-interval=1``; timestamps keep increasing across loops like a live camera. Media are shared
-(one pipeline per path for all clients). ``--user/--password`` require HTTP basic auth. When listening it
-prints one line ``READY rtsp://HOST:PORT`` to stdout (``--port 0`` picks a free port). SIGTERM/SIGINT stop it.
+units are read once (``filesrc ! qtdemux ! h264parse``, SPS/PPS before every keyframe, whole access units) and
+pushed in real time into ``appsrc ! rtph264pay config-interval=1``; timestamps keep increasing across loops
+like a live camera. Media are shared (one pipeline per path for all clients). ``--user/--password`` require
+HTTP basic auth. When listening it prints one line ``READY rtsp://HOST:PORT`` to stdout (``--port 0`` picks a
+free port). SIGTERM/SIGINT stop it.
+
+One thread paces every media (a heap of due times), not one Python thread per media: the benchmarks serve
+100+ streams from this process on the same cores as the pipeline they measure, and a hundred threads
+waking 25 times a second each, all taking the GIL, cost the box more than the pushes themselves. The access
+units already are what ``rtph264pay`` takes, so the served pipeline has no second ``h264parse``.
 
 Only the standard library and ``gi`` are imported: this file must not import the ``pipeline`` package.
 """
@@ -16,6 +22,7 @@ Only the standard library and ``gi`` are imported: this file must not import the
 from __future__ import annotations
 
 import argparse
+import heapq
 import signal
 import sys
 import threading
@@ -24,8 +31,9 @@ import time
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstApp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstApp, GstRtspServer  # noqa: E402
 
 
 class Clip:
@@ -70,49 +78,110 @@ class Clip:
         self.units = [(t - t0, d, k) for t, d, k in self.units]
         step = self.units[1][0] - self.units[0][0] if len(self.units) > 1 else 0.04
         self.duration = self.units[-1][0] + (step if step > 0 else 0.04)
+        self.payloads = [(GLib.Bytes.new(data), key) for _t, data, key in self.units]
 
 
-class Feeder:
-    """Pushes one clip into one media's appsrc in real time, looping, until the media goes away."""
+class Feed:
+    """One media's place in its clip: the next access unit and when it is due (monotonic seconds)."""
 
-    def __init__(self, clip: Clip, appsrc: Gst.Element) -> None:
+    def __init__(self, clip: Clip, appsrc: GstApp.AppSrc) -> None:
         self.clip, self.appsrc = clip, appsrc
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.gone = threading.Event()  # the media was unprepared: stop pushing into it
+        self.started = False  # a push was accepted (before that, appsrc may still be flushing)
+        self.start = time.monotonic()
+        self.index = 0  # access units pushed, across loops
+        self.give_up = self.start + _START_WAIT_S
 
-    def run(self) -> None:
-        start = time.monotonic()
-        loop = 0
-        while not self.stop.is_set():
-            for t, data, key in self.clip.units:
-                due = start + loop * self.clip.duration + t
-                delay = due - time.monotonic()
-                if delay > 0 and self.stop.wait(delay):
+    def due(self) -> float:
+        loop, k = divmod(self.index, len(self.clip.units))
+        return self.start + loop * self.clip.duration + self.clip.units[k][0]
+
+    def push(self) -> bool:
+        """Push the next access unit; False when this media is finished."""
+        # a fresh buffer on every push, its memory shared (not copied): appsrc stamps the buffer it is given,
+        # and one pushed again would keep its first loop's timestamp
+        payload, key = self.clip.payloads[self.index % len(self.clip.payloads)]
+        buf = Gst.Buffer.new_wrapped_bytes(payload)
+        if not key:
+            buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
+        ret = self.appsrc.push_buffer(buf)
+        if ret == Gst.FlowReturn.OK:
+            self.started = True
+            self.index += 1
+            return True
+        if ret == Gst.FlowReturn.FLUSHING and not self.started and time.monotonic() < self.give_up:
+            # configured but not started yet: the first unit again shortly, its clock restarted with it
+            self.start = time.monotonic() + _START_RETRY_S
+            return True
+        return False
+
+
+_START_RETRY_S = 0.01
+_START_WAIT_S = 30.0  # a media that never starts is dropped after this
+
+
+class Pacer:
+    """Pushes every media's access units at their due times, from one thread."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Feed]] = []
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="pacer", daemon=True)
+
+    def start(self) -> Pacer:
+        self._thread.start()
+        return self
+
+    def add(self, feed: Feed) -> None:
+        with self._cond:
+            self._push(feed)
+            self._cond.notify()
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    def _push(self, feed: Feed) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (feed.due(), self._seq, feed))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stop:
                     return
-                buf = Gst.Buffer.new_wrapped(data)
-                if not key:
-                    buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
-                if self.appsrc.emit("push-buffer", buf) != Gst.FlowReturn.OK:
-                    return
-            loop += 1
+                now = time.monotonic()
+                due: list[Feed] = []
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+            # pushed outside the lock: a push may wait on the pipeline, and add() must not
+            again = [feed for feed in due if not feed.gone.is_set() and feed.push()]
+            with self._cond:
+                for feed in again:
+                    self._push(feed)
 
 
 class Factory(GstRtspServer.RTSPMediaFactory):
-    def __init__(self, clip: Clip) -> None:
+    def __init__(self, clip: Clip, pacer: Pacer) -> None:
         super().__init__()
-        self.clip = clip
+        self.clip, self.pacer = clip, pacer
         self.set_shared(True)
         self.set_launch(
             f'( appsrc name=src is-live=true format=time do-timestamp=true caps="{clip.caps}" '
-            "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+            "! rtph264pay name=pay0 pt=96 config-interval=1 )"
         )
         self.connect("media-configure", self._configure)
 
     def _configure(self, _factory: Factory, media: GstRtspServer.RTSPMedia) -> None:
-        appsrc = media.get_element().get_by_name_recurse_up("src")
-        feeder = Feeder(self.clip, appsrc)
-        media.connect("unprepared", lambda *_: feeder.stop.set())
-        feeder.thread.start()
+        feed = Feed(self.clip, media.get_element().get_by_name_recurse_up("src"))
+        media.connect("unprepared", lambda *_: feed.gone.set())
+        self.pacer.add(feed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     server.set_address(args.host)
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
+    pacer = Pacer().start()
     permissions = None
     if args.user is not None:
         auth = GstRtspServer.RTSPAuth()
@@ -143,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             ap.error(f"expected NAME=FILE, got {spec!r}")
-        factory = Factory(Clip(path))
+        factory = Factory(Clip(path), pacer)
         if permissions is not None:
             factory.set_permissions(permissions)
         mounts.add_factory("/" + name.strip("/"), factory)
@@ -151,11 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     loop = GLib.MainLoop()
     if server.attach(None) == 0:
         print(f"cannot listen on {args.host}:{args.port}", file=sys.stderr, flush=True)
+        pacer.close()
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
     print(f"READY rtsp://{args.host}:{server.get_bound_port()}", flush=True)
-    loop.run()
+    try:
+        loop.run()
+    finally:
+        pacer.close()
     return 0
 
 

@@ -1,0 +1,49 @@
+"""The looping RTSP server the tests, the demo and the benchmarks stand cameras in with
+(pipeline/devtools/rtsp_server.py): what a client receives must look like a live camera's stream."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+
+def _nal_types(data: bytes) -> list[int]:
+    return [data[m.end()] & 0x1F for m in re.finditer(b"\x00\x00\x01", data) if m.end() < len(data)]
+
+
+@pytest.mark.rtsp
+def test_loops_like_a_live_camera(rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path]) -> None:
+    # A 2 s clip read for three passes: timestamps run on across each loop (a pushed-again buffer once kept
+    # its first pass's timestamp, so every pass restarted at 0), frames come in real time, and each
+    # keyframe carries its parameter sets once, as a camera sends them.
+    clip = clip_factory("loop_2s_25fps", seconds=2, fps=25, size=(320, 180), gop=25)
+    srv = rtsp_server({"a": clip, "b": clip})
+    got: list[tuple[float, float, bool, list[int]]] = []
+    with av.open(srv.url("b"), options={"rtsp_transport": "tcp", "timeout": "5000000"}, timeout=10) as c:
+        stream = c.streams.video[0]
+        tb = float(stream.time_base)
+        for pkt in c.demux(stream):
+            if pkt.pts is None:
+                continue
+            got.append((time.monotonic(), pkt.pts * tb, pkt.is_keyframe, _nal_types(bytes(pkt))))
+            if len(got) >= 150:
+                break
+    first_key = next(i for i, g in enumerate(got) if g[2])
+    got = got[first_key:]
+    steps = [round(b[1] - a[1], 3) for a, b in itertools.pairwise(got)]
+    assert all(0.03 <= s <= 0.05 for s in steps), steps
+    keys = [i for i, g in enumerate(got) if g[2]]
+    assert len(keys) >= 4 and all(b - a == 25 for a, b in itertools.pairwise(keys)), keys
+    for i in keys:
+        nals = got[i][3]
+        assert nals.count(7) == 1 and nals.count(8) == 1 and nals.index(8) < nals.index(5), nals
+    wall = got[-1][0] - got[0][0]
+    media = got[-1][1] - got[0][1]
+    assert abs(wall - media) < 0.5, (wall, media)  # paced in real time, not sent as fast as read
