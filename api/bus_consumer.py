@@ -425,17 +425,7 @@ class BusConsumer:
             log.debug("bus: status for %s not stored: %s", camera_id, type(e).__name__)
 
     def _put_status(self, camera_id: str, body: CameraStatusIn) -> None:
-        # the same values as PUT /api/cameras/{id}/status stores (api.routers.cameras.put_status)
-        values = {
-            "state": body.state,
-            "reason": body.reason,
-            "last_frame_at": body.last_frame(),
-            "fps": body.fps,
-            "frames": body.frames,
-            "dropped": body.dropped,
-            "reconnects": body.reconnects,
-            "stats": body.stats(),
-        }
+        values = body.row_values()
         _changed, row = self.rt.store.put_camera_status(camera_id, values)
         pub = camera_public(row, self.rt)
         meta = {"camera_id": camera_id, "grid": pub.grid}

@@ -26,6 +26,21 @@ class _Public(BaseModel):
 Count = Annotated[int, Field(ge=0, le=2**62)]
 
 
+# CameraStatusIn's fields that are not stats: columns of their own (``row_values``), and the name, not kept
+_CAMERA_COLUMNS = frozenset(
+    {
+        "name",
+        "state",
+        "reason",
+        "last_frame_at",
+        "fps",
+        "frames",
+        "dropped",
+        "reconnects",
+    }
+)
+
+
 class CameraStatusIn(_In):
     """What the supervisor reports every few seconds; ``last_frame_at`` as RFC 3339 or epoch seconds."""
 
@@ -53,16 +68,21 @@ class CameraStatusIn(_In):
         return datetime.fromtimestamp(v, UTC)
 
     def stats(self) -> dict[str, Any]:
-        keys = (
-            "detections",
-            "gated",
-            "undecoded",
-            "detector_ms",
-            "outbox_depth",
-            "evidence_state",
-            "evidence_reason",
-        )
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        """Every reported field beyond the columns a camera row has (a field added above lands here)."""
+        return self.model_dump(mode="json", exclude=set(_CAMERA_COLUMNS), exclude_none=True)
+
+    def row_values(self) -> dict[str, Any]:
+        """What the store keeps of a report (``Store.put_camera_status``), by HTTP or from the bus alike."""
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "last_frame_at": self.last_frame(),
+            "fps": self.fps,
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+            "stats": self.stats(),
+        }
 
 
 class DispositionIn(_In):

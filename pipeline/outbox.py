@@ -625,105 +625,30 @@ class Outbox:
 
     def _deliver(self, row_id: int) -> bool:
         """Try one message; False after a transient failure (the caller backs off)."""
-        with self._lock:
-            if self._closed:
-                return True
-            row = self._db.execute(
-                "SELECT event_id, seq, body, attempts FROM messages WHERE id = ?", (row_id,)
-            ).fetchone()
-            if row is None:  # dropped by the bound meanwhile
-                self._retry_at.pop(row_id, None)
-                return True
-            files = {
-                r[0]: bytes(r[1])
-                for r in self._db.execute(
-                    "SELECT name, data FROM files WHERE message = ? ORDER BY ord", (row_id,)
-                )
-            }
-        event_id, seq, body, attempts = row[0], int(row[1]), row[2], int(row[3])
-        try:
-            event = Event.model_validate_json(body)
-        except ValueError as e:
-            self._to_dead(row_id, f"unreadable message: {e}"[:2000], attempts)
+        todo = self._load([row_id])
+        if not todo:
             return True
+        _, _, event, files = todo[0]
+        result: BaseException | None = None
         try:
             self.sink.send(event, files)
-        except PermanentSinkError as e:
-            self._to_dead(row_id, str(e)[:2000] or type(e).__name__, attempts + 1)
-            self._fail_streak = 0
-            return True
         except Exception as e:
-            transient = isinstance(e, SinkError)
-            err = (str(e) or type(e).__name__)[:2000]
-            if not transient:
-                log.exception("sink raised an unexpected error for %s#%d; will retry", event_id, seq)
-            else:
-                log.info("delivery of %s#%d failed (%s); will retry", event_id, seq, err)
-            with self._lock:
-                self._fail_streak += 1
-                self._last_error = err
-                _, n = self._retry_at.get(row_id, (0.0, 0))
-                self._retry_at[row_id] = (time.monotonic() + self._backoff(n + 1), n + 1)
-                if not self._closed:
-                    with self._tx() as db:
-                        db.execute(
-                            "UPDATE messages SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                            (err, row_id),
-                        )
-            return False
-        with self._lock:
-            self._fail_streak = 0
-            self._retry_at.pop(row_id, None)
-            if self._closed:
-                return True
-            with self._tx() as db:
-                cur = db.execute("DELETE FROM messages WHERE id = ? RETURNING nbytes", (row_id,))
-                gone = cur.fetchone()
-            if gone is not None:
-                self._depth -= 1
-                self._bytes -= int(gone[0])
-            transition = self._update_alarm()
-            self._changed.notify_all()
-        self._fire_alarm(transition)
-        return True
+            if not isinstance(e, SinkError):
+                log.exception("sink raised an unexpected error for %s#%d; will retry", event.id, event.seq)
+            result = e
+        return self._settle(todo, [result])
 
     def _deliver_many(self, row_ids: list[int]) -> bool | None:
         """Try several messages in one ``send_batch``; False when none went through and some failed
         transiently (the caller backs off), None when the sink sent nothing because it cannot batch now
-        (``BatchUnsupported``). Each outcome is handled as ``_deliver`` handles one."""
-        marks = ",".join("?" * len(row_ids))
-        with self._lock:
-            if self._closed:
-                return True
-            rows = {
-                int(r[0]): r
-                for r in self._db.execute(
-                    f"SELECT id, event_id, seq, body, attempts FROM messages WHERE id IN ({marks})", row_ids
-                )
-            }
-            files: dict[int, dict[str, bytes]] = {i: {} for i in rows}
-            for r in self._db.execute(
-                f"SELECT message, name, data FROM files WHERE message IN ({marks}) ORDER BY message, ord",
-                row_ids,
-            ):
-                files[int(r[0])][r[1]] = bytes(r[2])
-            for gone in set(row_ids) - set(rows):  # dropped by the bound meanwhile
-                self._retry_at.pop(gone, None)
-        todo: list[tuple[int, int, Event]] = []
-        for row_id in row_ids:
-            if row_id not in rows:
-                continue
-            body, attempts = rows[row_id][3], rows[row_id][4]
-            try:
-                todo.append((row_id, int(attempts), Event.model_validate_json(body)))
-            except ValueError as e:
-                self._to_dead(row_id, f"unreadable message: {e}"[:2000], int(attempts))
+        (``BatchUnsupported``). Each outcome is settled as ``_deliver`` settles one."""
+        todo = self._load(row_ids)
         if not todo:
             return True
         assert isinstance(self.sink, BatchEventSink)
         try:
             results: list[BaseException | None] = list(
-                self.sink.send_batch([(ev, files[row_id]) for row_id, _, ev in todo])
+                self.sink.send_batch([(event, files) for _, _, event, files in todo])
             )
             if len(results) != len(todo):
                 raise RuntimeError(f"send_batch answered {len(results)} outcomes for {len(todo)} messages")
@@ -733,16 +658,55 @@ class Outbox:
             if not isinstance(e, SinkError):
                 log.exception("sink raised an unexpected error for a batch of %d; will retry", len(todo))
             results = [e] * len(todo)
+        return self._settle(todo, results)
+
+    def _load(self, row_ids: list[int]) -> list[tuple[int, int, Event, dict[str, bytes]]]:
+        """The messages still spooled among ``row_ids``, in that order: (row id, attempts, event, files).
+        Rows dropped meanwhile (by the bound) are skipped; unreadable ones go to the dead letters."""
+        marks = ",".join("?" * len(row_ids))
+        with self._lock:
+            if self._closed:
+                return []
+            rows = {
+                int(r[0]): (r[1], int(r[2]))
+                for r in self._db.execute(
+                    f"SELECT id, body, attempts FROM messages WHERE id IN ({marks})", row_ids
+                )
+            }
+            files: dict[int, dict[str, bytes]] = {i: {} for i in rows}
+            for r in self._db.execute(
+                f"SELECT message, name, data FROM files WHERE message IN ({marks}) ORDER BY message, ord",
+                row_ids,
+            ):
+                files[int(r[0])][r[1]] = bytes(r[2])
+            for gone in set(row_ids) - set(rows):
+                self._retry_at.pop(gone, None)
+        todo: list[tuple[int, int, Event, dict[str, bytes]]] = []
+        for row_id in row_ids:
+            if row_id not in rows:
+                continue
+            body, attempts = rows[row_id]
+            try:
+                todo.append((row_id, attempts, Event.model_validate_json(body), files[row_id]))
+            except ValueError as e:
+                self._to_dead(row_id, f"unreadable message: {e}"[:2000], attempts)
+        return todo
+
+    def _settle(
+        self, todo: list[tuple[int, int, Event, dict[str, bytes]]], results: list[BaseException | None]
+    ) -> bool:
+        """Delete what the sink acknowledged, move what it refused for good to the dead letters, schedule
+        retries for the rest; False when nothing went through and something failed transiently."""
         acked: list[int] = []
         failed: list[tuple[int, str]] = []
-        for (row_id, attempts, ev), res in zip(todo, results, strict=True):
+        for (row_id, attempts, event, _), res in zip(todo, results, strict=True):
             if res is None:
                 acked.append(row_id)
             elif isinstance(res, PermanentSinkError):
                 self._to_dead(row_id, str(res)[:2000] or type(res).__name__, attempts + 1)
             else:
                 err = (str(res) or type(res).__name__)[:2000]
-                log.info("delivery of %s#%d failed (%s); will retry", ev.id, ev.seq, err)
+                log.info("delivery of %s#%d failed (%s); will retry", event.id, event.seq, err)
                 failed.append((row_id, err))
         with self._lock:
             now = time.monotonic()

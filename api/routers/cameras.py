@@ -34,16 +34,7 @@ def put_status(
 ) -> Response:
     if not who.may_write(camera_id):
         raise Forbidden("this key may not report for that camera")
-    values = {
-        "state": body.state,
-        "reason": body.reason,
-        "last_frame_at": body.last_frame(),
-        "fps": body.fps,
-        "frames": body.frames,
-        "dropped": body.dropped,
-        "reconnects": body.reconnects,
-        "stats": body.stats(),
-    }
+    values = body.row_values()
     changed, row = rt.store.put_camera_status(camera_id, values)
     if changed and who.role == "admin":
         rt.store.audit(who.name, who.role, "camera_status", "camera", camera_id, to_state=body.state)
