@@ -21,7 +21,14 @@ from tests.api.test_webhooks import Receiver, receiver, wait_for  # noqa: F401  
 from tests.fixtures.api import WORKER, iso, make_event, make_settings
 
 GRID = "fangshan/dongcheng/lane/0007"
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _now() -> datetime:
+    # per test, not per module: an import-time "now" made the still-open episode look older than 30 min
+    # when the test ran minutes after collection
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 CREW_SECRET = "cleaning-crew-secret-0123456789"
 
 
@@ -60,13 +67,13 @@ def episode(client: Any, start: datetime, open_after: float, cleared_after: floa
     return str(first["id"])
 
 
-def seed(client: Any, admin: dict[str, str]) -> dict[str, str]:
-    day = NOW - timedelta(days=2)
+def seed(client: Any, admin: dict[str, str], now: datetime) -> dict[str, str]:
+    day = now - timedelta(days=2)
     ids = {
         "a": episode(client, day, 60, 60 + 1200),  # 21 min overflowing, 20 min open → cleared
         "b": episode(client, day + timedelta(hours=5), 60, 60 + 600),  # 11 min, 10 min
         "fa": episode(client, day + timedelta(hours=8), 60, 300),  # marked false alarm: left out
-        "now": episode(client, NOW - timedelta(minutes=30), 60, None),  # still overflowing
+        "now": episode(client, now - timedelta(minutes=30), 60, None),  # still overflowing
     }
     r = client.post(f"/api/events/{ids['fa']}/disposition", json={"action": "false_alarm"}, headers=admin)
     assert r.status_code == 200, r.text
@@ -75,9 +82,10 @@ def seed(client: Any, admin: dict[str, str]) -> dict[str, str]:
 
 def test_bin_stats(api_client, auth_headers):
     admin = auth_headers("admin")
-    ids = seed(api_client, admin)
+    now = _now()
+    ids = seed(api_client, admin, now)
     r = api_client.get(
-        "/api/bins/FS-0002/stats", params={"since": iso(NOW - timedelta(days=7))}, headers=admin
+        "/api/bins/FS-0002/stats", params={"since": iso(now - timedelta(days=7))}, headers=admin
     )
     assert r.status_code == 200, r.text
     s = r.json()
@@ -87,19 +95,19 @@ def test_bin_stats(api_client, auth_headers):
     assert 1260 + 660 + 1790 <= s["overflow_s_total"] <= 1260 + 660 + 1830  # the open one counts until now
     assert [e["event_id"] for e in s["items"]] == [ids["a"], ids["b"], ids["now"]]
     # a period clips: from 10 minutes into the first episode to the end of that day
-    day = NOW - timedelta(days=2)
+    day = now - timedelta(days=2)
     params = {"since": iso(day + timedelta(minutes=10)), "until": iso(day + timedelta(hours=6))}
     s = api_client.get("/api/bins/FS-0001/stats", params=params, headers=admin).json()
     assert s["episodes"] == 2 and s["overflow_s_total"] == 1260 - 600 + 660
     # unknown bin: zeros; bad periods refused
     s = api_client.get("/api/bins/FS-9999/stats", headers=admin).json()
     assert (s["episodes"], s["overflow_s_total"], s["open_to_cleared_s_mean"]) == (0, 0.0, None)
-    bad = {"since": iso(NOW), "until": iso(NOW - timedelta(days=1))}
+    bad = {"since": iso(now), "until": iso(now - timedelta(days=1))}
     assert api_client.get("/api/bins/FS-0001/stats", params=bad, headers=admin).status_code == 422
 
 
 def test_bin_stats_scoped(api_client, auth_headers):
-    seed(api_client, auth_headers("admin"))
+    seed(api_client, auth_headers("admin"), _now())
     assert api_client.get("/api/bins/FS-0001/stats", headers=auth_headers("op_bins")).json()["episodes"] == 3
     assert api_client.get("/api/bins/FS-0001/stats", headers=auth_headers("op_xilu")).json()["episodes"] == 0
     assert api_client.get("/api/bins/FS-0001/stats", headers=auth_headers("police")).status_code == 403
@@ -114,8 +122,9 @@ def test_bin_stats_scoped(api_client, auth_headers):
 
 
 def test_bin_stats_csv(api_client, auth_headers):
-    seed(api_client, auth_headers("admin"))
-    params = {"since": iso(NOW - timedelta(days=7)), "until": iso(NOW - timedelta(days=1))}
+    now = _now()
+    seed(api_client, auth_headers("admin"), now)
+    params = {"since": iso(now - timedelta(days=7)), "until": iso(now - timedelta(days=1))}
     r = api_client.get("/api/bins/stats.csv", params=params, headers=auth_headers("op"))
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv")
@@ -163,7 +172,7 @@ def api_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
 
 def test_cleaning_crew_gets_the_open_and_the_resolve(api_client, receiver):  # noqa: F811
     receiver.start()
-    start = NOW - timedelta(minutes=20)
+    start = _now() - timedelta(minutes=20)
     event_id = episode(api_client, start, 60, 600)
     wait_for(lambda: len(receiver.got("/crew")) >= 2, what="open and resolve pushed")
     time.sleep(0.3)
