@@ -56,6 +56,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -1006,10 +1007,7 @@ class Runner:
                 )
                 for _ in parts
             ]
-            outs = [
-                _communicate(p, json.dumps(asdict(part)), timeout)
-                for p, part in zip(procs, parts, strict=True)
-            ]
+            outs = _communicate_all(procs, [json.dumps(asdict(part)) for part in parts], timeout)
         wall = time.monotonic() - t0
         got = []
         for out in outs:
@@ -1166,6 +1164,14 @@ class Runner:
         finally:
             api.stop()
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _communicate_all(procs: list[subprocess.Popen[str]], stdins: list[str], timeout_s: float) -> list[str]:
+    """Feed and read every process at once: ``communicate()`` returns only when its process has finished,
+    so calling it in turn ran a trial's processes one after another, each alone on the box with its share
+    of the cameras (the process-layout lever measured nothing)."""
+    with ThreadPoolExecutor(len(procs)) as pool:
+        return list(pool.map(partial(_communicate, timeout_s=timeout_s), procs, stdins))
 
 
 def _communicate(proc: subprocess.Popen[str], stdin: str, timeout_s: float) -> str:
