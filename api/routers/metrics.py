@@ -133,7 +133,7 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
     out.family(
         "pingan_camera_dropped_frames_total",
         "counter",
-        "frames dropped by a lagging consumer",
+        "frames dropped: a lagging consumer, or due keyframes shed by a reader behind its stream",
         per_camera(lambda r, _p: r["dropped"]),
     )
     out.family(

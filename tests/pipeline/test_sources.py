@@ -548,3 +548,44 @@ def test_read_pause_only_when_caught_up_and_ends_before_the_next_keyframe() -> N
     # too near to be worth a pause, or already behind the stream: none
     assert _read_pause(100.0, 99.99, 100.05, 0.04, 0.2) == 0.0
     assert _read_pause(100.0, 99.9, 100.8, 0.04, 0.2) == 0.0
+
+
+def test_a_keyframe_is_stale_once_the_next_one_has_surely_arrived() -> None:
+    from pipeline.sources import _STALE_MARGIN_S, _stale
+
+    assert not _stale(100.0, 99.5, 1.0)  # half a second behind: still the newest keyframe
+    assert not _stale(100.0, 100.0 - 1.0 - _STALE_MARGIN_S + 0.01, 1.0)
+    assert _stale(100.0, 100.0 - 1.0 - _STALE_MARGIN_S - 0.01, 1.0)
+    assert not _stale(100.0, 97.0, 4.0)  # a long GOP: 3 s behind is still within one interval
+
+
+class _SlowDecoder:
+    """A decoder that takes ``delay_s`` per keyframe, as on a box with more cameras than cores."""
+
+    def __init__(self, cc: Any, delay_s: float) -> None:
+        self._cc, self._delay_s = cc, delay_s
+
+    def decode(self, pkt: Any) -> Any:
+        time.sleep(self._delay_s)
+        return self._cc.decode(pkt)
+
+
+@pytest.mark.rtsp
+def test_rtsp_reader_behind_its_stream_sheds_stale_keyframes_and_catches_up(
+    rtsp_server: Callable[..., Any], parking_clip_25: Path, no_thread_leak: None
+) -> None:
+    # Each keyframe takes 1.4 s to decode, one arrives every second. Decoding every due keyframe from the
+    # socket's backlog, the reader fell 0.4 s further behind with each (11 s behind on an overloaded
+    # 2-core box, every result too late); shedding the stale ones keeps it within an interval or two.
+    class SlowSource(Source):
+        def _decoder(self, stream: Any, full: bool) -> Any:
+            cc = super()._decoder(stream, full)
+            return cc if full else _SlowDecoder(cc, 1.4)  # (until the interval is known, all are decoded)
+
+    srv = rtsp_server({"cam1": parking_clip_25})
+    src = SlowSource(srv.url("cam1"), camera_id="cam1", detect_fps=1.0, stall_timeout_s=6.0)
+    received = receive(src, 8, 25)
+    assert len(received) >= 6, src.status()
+    lags = [round(got - f.ts, 2) for got, f in received[2:]]
+    assert max(lags) < 3.0, f"the reader fell further and further behind (s): {lags}"
+    assert src.status().dropped > 0  # the stale keyframes were shed, and counted
