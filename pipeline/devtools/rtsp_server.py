@@ -47,7 +47,7 @@ class Clip:
         sink = pipe.get_by_name("sink")
         bus = pipe.get_bus()
         pipe.set_state(Gst.State.PLAYING)
-        self.units: list[tuple[float, bytes, bool]] = []
+        units: list[tuple[float, bytes, bool]] = []
         self.caps: str | None = None
         error: str | None = None
         while True:
@@ -69,16 +69,16 @@ class Clip:
                 buf.unmap(info)
                 pts = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else None
                 key = not buf.has_flags(Gst.BufferFlags.DELTA_UNIT)
-                self.units.append((pts if pts is not None else len(self.units) / 25.0, data, key))
+                units.append((pts if pts is not None else len(units) / 25.0, data, key))
         pipe.set_state(Gst.State.NULL)
-        if error is not None or not self.units:
+        if error is not None or not units:
             raise SystemExit(f"cannot read {path}: {error or 'no H.264 access units'}")
-        self.units.sort(key=lambda u: u[0])
-        t0 = self.units[0][0]
-        self.units = [(t - t0, d, k) for t, d, k in self.units]
-        step = self.units[1][0] - self.units[0][0] if len(self.units) > 1 else 0.04
-        self.duration = self.units[-1][0] + (step if step > 0 else 0.04)
-        self.payloads = [(GLib.Bytes.new(data), key) for _t, data, key in self.units]
+        units.sort(key=lambda u: u[0])
+        t0 = units[0][0]
+        # (offset, data, keyframe): GLib.Bytes, so that every push wraps the same memory without copying it
+        self.payloads = [(t - t0, GLib.Bytes.new(d), k) for t, d, k in units]
+        step = self.payloads[1][0] - self.payloads[0][0] if len(self.payloads) > 1 else 0.04
+        self.duration = self.payloads[-1][0] + (step if step > 0 else 0.04)
 
 
 class Feed:
@@ -93,14 +93,14 @@ class Feed:
         self.give_up = self.start + _START_WAIT_S
 
     def due(self) -> float:
-        loop, k = divmod(self.index, len(self.clip.units))
-        return self.start + loop * self.clip.duration + self.clip.units[k][0]
+        loop, k = divmod(self.index, len(self.clip.payloads))
+        return self.start + loop * self.clip.duration + self.clip.payloads[k][0]
 
     def push(self) -> bool:
         """Push the next access unit; False when this media is finished."""
         # a fresh buffer on every push, its memory shared (not copied): appsrc stamps the buffer it is given,
         # and one pushed again would keep its first loop's timestamp
-        payload, key = self.clip.payloads[self.index % len(self.clip.payloads)]
+        _t, payload, key = self.clip.payloads[self.index % len(self.clip.payloads)]
         buf = Gst.Buffer.new_wrapped_bytes(payload)
         if not key:
             buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
