@@ -9,7 +9,9 @@ imports torch, ultralytics or tensorflow.
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +62,27 @@ def choose_providers(
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def int8_without_saturation(cpuinfo: str, machine: str) -> bool:
+    """Whether ONNX Runtime's INT8 kernels compute exactly on this CPU. On x86 without VNNI (AVX2, or
+    AVX-512 without VNNI) they multiply u8×s8 with VPMADDUBSW, whose 16-bit sums saturate (ORT's own
+    quantization notes): on a Zen 3 box the INT8 320-wide model lost 2 of 7 vehicles the 416 model finds
+    (tests/models/test_vehicles_320.py), exact with VNNI. Other architectures have no such path."""
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+@functools.cache
+def this_cpu_int8_exact() -> bool:
+    """``int8_without_saturation`` for this machine (True where /proc/cpuinfo cannot be read)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return int8_without_saturation(cpuinfo, platform.machine())
 
 
 def choose_precision(entry: ModelEntry, providers: Sequence[str], precision: str) -> Precision:
@@ -215,6 +238,12 @@ def load_detector(
         prec = choose_precision(entry, actual, precision)
         session, sha256 = _open(entry, Path(models_dir), actual, prec, intra_op_threads, max_batch)
     detector = OnnxDetector(name, entry, session, sha256, prec, max_batch)
+    if prec == "int8" and detector.providers[0] == "CPUExecutionProvider" and not this_cpu_int8_exact():
+        log.warning(
+            "detector %s: INT8 on a CPU without VNNI, where ONNX Runtime's INT8 kernels saturate and can "
+            "lose detections; precision: fp32 is exact (slower)",
+            name,
+        )
     log.info("detector %s: %s, %s on %s", name, entry.file_for(prec)[0], prec, detector.providers)
     return detector
 

@@ -299,3 +299,15 @@ def test_gpu_provider_that_does_not_start_falls_back_to_cpu_precision(
     det = load_detector("vehicles", MODELS)
     assert det.providers[0] == "CPUExecutionProvider"
     assert det.precision == ("int8" if "int8" in entry.variants else "fp32")
+
+
+def test_int8_is_exact_only_with_vnni_on_x86() -> None:
+    from pipeline.detection import int8_without_saturation
+
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma sha_ni vaes\n"
+    zen4 = "flags\t\t: fpu avx avx2 avx512f avx512bw avx512_vnni\n"
+    alder_lake = "flags\t\t: fpu avx avx2 avx_vnni\n"
+    assert not int8_without_saturation(zen3, "x86_64")
+    assert int8_without_saturation(zen4, "x86_64")
+    assert int8_without_saturation(alder_lake, "x86_64")
+    assert int8_without_saturation("", "aarch64")  # no u8s8 saturation path on Arm
