@@ -31,10 +31,13 @@ Evidence streams (``keyframe_sink``): a camera that detects on its sub-stream st
 its main stream, which is then only demuxed: every keyframe goes to the sink as a packet, decoded only
 when a still is taken (pipeline/evidence_stream.py).
 
-Timestamps: ``Frame.ts`` = wall time at the connection's first packet + (pts − first pts): the stream's own
-clock, anchored once per connection, never going backwards. A live stream's anchor moves earlier whenever a
-packet is read sooner after its predecessors than its timestamps say (the ones buffered while probing came out
-late), so no frame is stamped later than its packet was read. Files that loop carry on from the last ``ts``.
+Timestamps: ``Frame.ts`` = anchor + (pts − first pts): the stream's own clock, never going backwards. A file's
+anchor is the wall time at its first packet (a looping file carries on from its last ``ts``). A live stream's
+is the smallest (read time − stream time) over the last ``clock_window_s`` of stream time
+(pipeline/stream_clock.py): no frame is stamped later than its packet was read (the packets buffered while
+probing come out late), a backlog shows as lateness, and a camera clock slower than ours does not pile up
+into lateness for ever (anchored once per connection, a 0.1 % slow clock looked 1.3 s behind after 22 min,
+and from then on every keyframe was shed as stale).
 
 Hangs: FFmpeg's ``timeout`` option (socket I/O, ``read_s = stall_timeout_s / 2``) ends a read on a silent
 socket, and PyAV's interrupt timeout bounds the whole open (``av.open(timeout=(open_s, None))``); a watchdog
@@ -68,6 +71,7 @@ from pipeline.config import Camera, FileSource, RtspSource
 from pipeline.packet_gate import PacketGate
 from pipeline.protocols import Frame, SourceState, SourceStatus
 from pipeline.redact import Redactor, mask_url
+from pipeline.stream_clock import StreamClock
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +186,8 @@ class Source:
         packet_gate: PacketGate | None = None,
         keyframe_sink: Callable[[Keyframe], None] | None = None,
         read_pause_s: float = 0.2,
+        clock_window_s: float = 30.0,
+        wall_time: Callable[[], float] = time.time,
     ) -> None:
         target = str(target)
         self.camera_id = camera_id
@@ -224,6 +230,10 @@ class Source:
         self.keyframe_sink = keyframe_sink
         # Keyframe-only reads pause up to this long between bursts when caught up (see _pump); 0: never.
         self.read_pause_s = float(read_pause_s)
+        # A live stream's anchor is the minimum over this much stream time (pipeline/stream_clock.py), and
+        # wall_time is the box's clock it maps capture times onto (a test runs it fast: a slow camera clock).
+        self.clock_window_s = float(clock_window_s)
+        self._wall = wall_time
 
     # ---- FrameSource ---------------------------------------------------------------------------------------
 
@@ -460,6 +470,8 @@ class Source:
         stopping = self._stopping
         qput = self._deliver
         now = time.monotonic
+        wall = self._wall
+        clock = StreamClock(self.clock_window_s)
 
         bad = 0  # decode errors in a row
         live = not self.is_file
@@ -492,13 +504,16 @@ class Source:
                 if carry is not None:  # a looping file carries on where its last pass ended
                     wall0, mono0 = carry.wall, carry.mono
                 else:
-                    wall0, mono0 = time.time(), now()
+                    wall0, mono0 = wall(), now()
                     if last_ts is not None and wall0 <= last_ts:
                         wall0 = last_ts + frame_iv
+                    if live:
+                        wall0 = clock.anchor(0.0, wall0)
             elif live:
                 # Probing buffers the first packets (32 kB: ~0.5 s of a 512 kb/s sub-stream), so the first
-                # one out arrived well before it was read: no packet may look captured after it was read.
-                wall0 = min(wall0, time.time() - (t - t0))
+                # one out arrived well before it was read: no packet may look captured after it was read. And
+                # the camera's clock drifts from ours: the anchor is a minimum over a window, not for ever.
+                wall0 = clock.anchor(t - t0, wall())
             key = pkt.is_keyframe
             if key and gop_packets:
                 mean = gop_bytes / gop_packets
@@ -530,7 +545,7 @@ class Source:
                     if live and pause_s > 0 and key_iv is not None and last_key_t is not None:
                         # nothing to decode before the next keyframe: let the socket gather packets
                         pause = _read_pause(
-                            time.time(),
+                            wall(),
                             wall0 + (t - t0),
                             wall0 + (last_key_t + key_iv - t0),
                             frame_iv,
@@ -543,7 +558,7 @@ class Source:
                 slack = 0.5 * (key_iv or frame_iv)
                 if sink is None and next_due is not None and tsk < next_due - slack:
                     continue  # a keyframe we do not need: not even decoded
-                if live and sink is None and key_iv is not None and _stale(time.time(), tsk, key_iv):
+                if live and sink is None and key_iv is not None and _stale(wall(), tsk, key_iv):
                     with self._lock:
                         self._dropped += 1  # shed, not decoded: the next one is fresher and already here
                     continue

@@ -589,3 +589,32 @@ def test_rtsp_reader_behind_its_stream_sheds_stale_keyframes_and_catches_up(
     lags = [round(got - f.ts, 2) for got, f in received[2:]]
     assert max(lags) < 3.0, f"the reader fell further and further behind (s): {lags}"
     assert src.status().dropped > 0  # the stale keyframes were shed, and counted
+
+
+@pytest.mark.rtsp
+def test_rtsp_camera_clock_slower_than_ours_is_not_taken_for_a_backlog(
+    rtsp_server: Callable[..., Any], parking_clip_25: Path, no_thread_leak: None
+) -> None:
+    # Our clock runs 25 % fast against the camera's (a slow camera clock, exaggerated so that minutes of
+    # drift fit in seconds). Anchored once per connection, every frame looked 0.25 s later per second of
+    # stream: after ~5 s every keyframe was shed as stale and frames stopped. The anchor is a minimum over a
+    # window (2 s here), so lateness stays within window × drift and nothing is shed.
+    base = time.time()
+
+    def fast(real: float | None = None) -> float:
+        return base + ((time.time() if real is None else real) - base) * 1.25
+
+    srv = rtsp_server({"cam1": parking_clip_25})
+    src = Source(
+        srv.url("cam1"),
+        camera_id="cam1",
+        detect_fps=1.0,
+        stall_timeout_s=6.0,
+        clock_window_s=2.0,
+        wall_time=fast,
+    )
+    received = receive(src, 12, 20)
+    assert len(received) >= 12, src.status()
+    assert src.status().dropped == 0
+    lags = [round(fast(got) - f.ts, 2) for got, f in received]
+    assert max(lags[2:]) < 1.0, f"frames stamped later and later behind their capture (s): {lags}"
