@@ -238,10 +238,16 @@ def load_detector(
         prec = choose_precision(entry, actual, precision)
         session, sha256 = _open(entry, Path(models_dir), actual, prec, intra_op_threads, max_batch)
     detector = OnnxDetector(name, entry, session, sha256, prec, max_batch)
-    if prec == "int8" and detector.providers[0] == "CPUExecutionProvider" and not this_cpu_int8_exact():
+    if (
+        prec == "int8"
+        and entry.variants["int8"].weight_bits == 8
+        and detector.providers[0] == "CPUExecutionProvider"
+        and not this_cpu_int8_exact()
+    ):
         log.warning(
-            "detector %s: INT8 on a CPU without VNNI, where ONNX Runtime's INT8 kernels saturate and can "
-            "lose detections; precision: fp32 is exact (slower)",
+            "detector %s: INT8 with 8-bit weights on a CPU without VNNI, where ONNX Runtime's INT8 kernels "
+            "saturate and can lose detections; requantize with 7-bit weights (models/quantize.py) or set "
+            "precision: fp32",
             name,
         )
     log.info("detector %s: %s, %s on %s", name, entry.file_for(prec)[0], prec, detector.providers)

@@ -65,6 +65,9 @@ class Provenance(_Strict):
 class Variant(_Strict):
     file: str
     sha256: str = Sha256
+    # INT8 only: 7 when the weights use 7 bits (|w| ≤ 64, ORT's reduce_range), which x86 CPUs without VNNI
+    # compute exactly; 8-bit weights saturate there (pipeline/detection.py, int8_without_saturation).
+    weight_bits: Literal[7, 8] = 8
     evaluation: dict[str, Any] = {}
 
 
