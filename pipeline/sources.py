@@ -72,6 +72,7 @@ from pipeline.packet_gate import PacketGate
 from pipeline.protocols import Frame, SourceState, SourceStatus
 from pipeline.redact import Redactor, mask_url
 from pipeline.stream_clock import StreamClock
+from pipeline.stream_socket import OPENER, StreamSocket, shut
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,11 @@ class Source:
         self._dropped = 0
         self._reconnects = 0
         self._emitted: deque[float] = deque(maxlen=64)
-        self._last_data = self._since  # monotonic time of the last packet
+        self._last_data = self._since  # monotonic time of the last packet (or of the open)
+        # this connection's TCP socket, to end a read stuck on a stream that sends no video
+        # (pipeline/stream_socket.py); set while FFmpeg owns it, under _lock
+        self._sock: StreamSocket | None = None
+        self._shut_reason: str | None = None
 
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
         self._thread: threading.Thread | None = None
@@ -275,6 +280,7 @@ class Source:
     def close(self) -> None:
         """Stop the reader thread (bounded by one read timeout) and release the stream. Idempotent."""
         self._closed.set()
+        self._unstick("closing")  # a read stuck on a stream without video would not see the flag
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.open_timeout_s + 2 * self.read_timeout_s + 2.0)
@@ -338,8 +344,24 @@ class Source:
         # files do not hang like sockets, and a paced or back-pressured file reader waits on purpose
         if self.is_file:
             return
-        if self._state is SourceState.RUNNING and now - self._last_data > self.stall_timeout_s:
-            self._set_state(SourceState.STALLED, f"no data for {now - self._last_data:.1f} s")
+        quiet = now - self._last_data
+        if quiet <= self.stall_timeout_s:
+            return
+        if self._state is SourceState.RUNNING:
+            self._set_state(SourceState.STALLED, f"no data for {quiet:.1f} s")
+        # FFmpeg's socket timeout has not ended the read, so the socket is not silent: RTCP reports and no
+        # video (an encoder that hung, a server media that never started). End the read; it reconnects.
+        if self._stopping():
+            self._unstick("closing")
+        else:
+            self._unstick(f"no video for {quiet:.0f} s while the connection stayed up; reconnecting")
+
+    def _unstick(self, reason: str) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+            if sock is not None and shut(sock):
+                self._shut_reason = reason
+                log.debug("camera %s: shut its stream socket down (%s)", self.camera_id, reason)
 
     def _drain(self) -> None:
         with contextlib.suppress(queue.Empty):
@@ -370,6 +392,10 @@ class Source:
                 except _Fault as fault:  # never raise on stream faults
                     reason = self._describe(fault.cause, fault.phase)
                     got_frames = fault.got_frames
+                with self._lock:
+                    shut_reason, self._shut_reason = self._shut_reason, None
+                if shut_reason is not None:  # we ended it (see _watchdog): say why, not what FFmpeg saw
+                    reason, eof = shut_reason, False
                 if self._stopping():
                     break
                 if self.is_file and eof:
@@ -430,7 +456,14 @@ class Source:
     def _open(self) -> Any:
         if self.is_file:
             return av.open(self._target)
-        return open_rtsp(self._target, self.transport, self.open_timeout_s, self.read_timeout_s)
+        container, sock = OPENER.open(
+            self._target,
+            lambda: open_rtsp(self._target, self.transport, self.open_timeout_s, self.read_timeout_s),
+        )
+        with self._lock:
+            self._sock = sock
+            self._last_data = time.monotonic()  # the first packet is due within a stall timeout of the open
+        return container
 
     def _session(self) -> bool:
         """One connection: demux, decode, sample, deliver. Returns at EOF (True if it delivered frames)."""
@@ -446,6 +479,9 @@ class Source:
                 return self._pump(container)
             except Exception as err:
                 raise _Fault("read", err, self._session_frames > 0) from err
+            finally:
+                with self._lock:  # before FFmpeg closes the descriptor: never shut a reused number
+                    self._sock = None
 
     def _pump(self, container: Any) -> bool:
         stream = container.streams.video[0]

@@ -121,6 +121,16 @@ class RtspServer:
         if self._proc is not None and self._proc.poll() is None:
             os.kill(self._proc.pid, signal.SIGCONT)
 
+    def mute(self) -> None:
+        """SIGUSR1: sessions stay up and RTCP reports go on, but no video is sent (an encoder that hung)."""
+        assert self._proc is not None and self._proc.poll() is None, "server is not running"
+        os.kill(self._proc.pid, signal.SIGUSR1)
+
+    def unmute(self) -> None:
+        """SIGUSR2: video again, from where the clip would be by now."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGUSR2)
+
     def stop(self) -> None:
         """SIGTERM (after SIGCONT, in case it was paused), then SIGKILL after 3 s."""
         p = self._proc

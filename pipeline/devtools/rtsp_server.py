@@ -9,7 +9,8 @@ units are read once (``filesrc ! qtdemux ! h264parse``, SPS/PPS before every key
 pushed in real time into ``appsrc ! rtph264pay config-interval=1``; timestamps keep increasing across loops
 like a live camera. Media are shared (one pipeline per path for all clients). ``--user/--password`` require
 HTTP basic auth. When listening it prints one line ``READY rtsp://HOST:PORT`` to stdout (``--port 0`` picks a
-free port). SIGTERM/SIGINT stop it.
+free port). SIGTERM/SIGINT stop it. SIGUSR1 mutes every media (sessions and RTCP reports go on, no video: a
+camera whose encoder hung), SIGUSR2 unmutes them (the clips carry on where they would be by then).
 
 One thread paces every media (a heap of due times), not one Python thread per media: the benchmarks serve
 100+ streams from this process on the same cores as the pipeline they measure, and a hundred threads
@@ -96,6 +97,11 @@ class Feed:
         loop, k = divmod(self.index, len(self.clip.payloads))
         return self.start + loop * self.clip.duration + self.clip.payloads[k][0]
 
+    def skip(self) -> bool:
+        """Let the next access unit's time pass unsent (muted)."""
+        self.index += 1
+        return True
+
     def push(self) -> bool:
         """Push the next access unit; False when this media is finished."""
         # a fresh buffer on every push, its memory shared (not copied): appsrc stamps the buffer it is given,
@@ -128,6 +134,7 @@ class Pacer:
         self._seq = 0
         self._cond = threading.Condition()
         self._stop = False
+        self.muted = False  # set from the main loop's signal handlers
         self._thread = threading.Thread(target=self._run, name="pacer", daemon=True)
 
     def start(self) -> Pacer:
@@ -161,7 +168,8 @@ class Pacer:
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap)[2])
             # pushed outside the lock: a push may wait on the pipeline, and add() must not
-            again = [feed for feed in due if not feed.gone.is_set() and feed.push()]
+            send = Feed.skip if self.muted else Feed.push
+            again = [feed for feed in due if not feed.gone.is_set() and send(feed)]
             with self._cond:
                 for feed in again:
                     self._push(feed)
@@ -225,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+
+    def mute(on: bool) -> bool:
+        pacer.muted = on
+        return GLib.SOURCE_CONTINUE
+
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR1, mute, True)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR2, mute, False)
     print(f"READY rtsp://{args.host}:{server.get_bound_port()}", flush=True)
     try:
         loop.run()

@@ -618,3 +618,47 @@ def test_rtsp_camera_clock_slower_than_ours_is_not_taken_for_a_backlog(
     assert src.status().dropped == 0
     lags = [round(fast(got) - f.ts, 2) for got, f in received]
     assert max(lags[2:]) < 1.0, f"frames stamped later and later behind their capture (s): {lags}"
+
+
+@pytest.mark.rtsp
+def test_rtsp_camera_sending_no_video_over_a_live_session_is_reconnected(
+    rtsp_server: Callable[..., Any],
+    parking_clip: Path,
+    no_thread_leak: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An encoder that hung behind a live RTSP stack: the session stays up and RTCP reports (every ~5 s) keep
+    # the socket busy, so FFmpeg's socket timeout (8 s here) never ends the read. The reader stayed blocked
+    # for good: its camera reported stalled and was never retried, and close() could not stop it. The
+    # watchdog now shuts the stream's socket down and the reader reconnects.
+    srv = rtsp_server({"cam1": parking_clip})
+    src = Source(srv.url("cam1"), camera_id="cam1", detect_fps=2.0, stall_timeout_s=16.0, open_timeout_s=3.0)
+    c = Collector(src)
+    assert c.wait_frames(2, 10)
+    srv.mute()
+    try:
+        end = time.monotonic() + 16 + 4
+        while src.status().reconnects == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert src.status().reconnects >= 1, f"still blocked in the read: {src.status()}"
+        assert "stalled (no data for 1" in caplog.text
+        assert "no video for 1" in caplog.text  # why it reconnected, not "the server closed the connection"
+    finally:
+        srv.unmute()
+    assert c.wait_frames(2, 15), f"no frames after the video came back: {src.status()}"
+    c.close()
+
+
+@pytest.mark.rtsp
+def test_close_ends_a_read_stuck_on_a_stream_without_video(
+    rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
+) -> None:
+    srv = rtsp_server({"cam1": parking_clip})
+    src = Source(srv.url("cam1"), camera_id="cam1", detect_fps=2.0, stall_timeout_s=30.0)
+    c = Collector(src)
+    assert c.wait_frames(2, 10)
+    srv.mute()
+    time.sleep(1.0)  # the reader is now blocked in FFmpeg, reading RTCP reports
+    t0 = time.monotonic()
+    c.close()  # joins the reader: without shutting its socket down, that took open + 2 reads + 2 s
+    assert time.monotonic() - t0 < 2.0

@@ -1,0 +1,155 @@
+"""The TCP socket under an FFmpeg RTSP connection, found so that a read stuck on it can be ended.
+
+FFmpeg's socket timeout ends a read on a silent socket, but not on one that stays busy without video: a
+camera whose encoder hung while its RTSP stack lives on (or a server media that never started) sends an
+RTCP report every few seconds and nothing else, and FFmpeg's RTSP-over-TCP demuxer reads those for ever
+without returning a packet (measured: GStreamer's server, 10 minutes and counting). PyAV's read timeout
+would end it, but PyAV's interrupt callback takes the GIL on every FFmpeg I/O call, which costs a box full
+of cameras a tenth of its CPU (README, Performance).
+
+So a reader learns which socket is its own: the TCP socket to the camera's address and port that appeared
+in this process while it opened the stream, with opens to the same address and port taken one at a time
+(an NVR serving 16 channels on one port opens them one after another). Its watchdog then shuts that socket
+down (``shutdown(2)``, not close: FFmpeg still owns the descriptor); the blocked read returns, and the
+reader reconnects. The owner must ``forget`` the socket before FFmpeg closes it, so that a descriptor
+number reused by someone else is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+_LISTEN = "0A"  # /proc/net/tcp state
+
+
+@dataclass(frozen=True)
+class StreamSocket:
+    fd: int
+    inode: int
+
+
+def endpoint(url: str) -> tuple[str, int] | None:
+    """(host, port) an RTSP URL connects to; None when it has no host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port or (322 if parts.scheme == "rtsps" else 554)
+
+
+def _addresses(host: str, port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    with contextlib.suppress(OSError, UnicodeError):
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    return set()
+
+
+def _hex_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """/proc/net/tcp{,6} ``ADDR:PORT``: the address in host-order 32-bit words, the port big-endian hex."""
+    addr, port = text.split(":")
+    raw = bytes.fromhex(addr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(words)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, int(port, 16)
+
+
+def _remote_inodes(
+    table: str, ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address], port: int
+) -> set[int]:
+    out: set[int] = set()
+    for line in table.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10 or f[3] == _LISTEN:
+            continue
+        with contextlib.suppress(ValueError):
+            ip, rport = _hex_address(f[2])
+            if rport == port and ip in ips:
+                out.add(int(f[9]))
+    return out
+
+
+def _own_sockets() -> Iterator[StreamSocket]:
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                link = os.readlink(f"/proc/self/fd/{name}")
+                if link.startswith("socket:["):
+                    yield StreamSocket(int(name), int(link[8:-1]))
+
+
+def sockets_to(host: str, port: int) -> set[StreamSocket]:
+    """This process's TCP sockets connected (or connecting) to ``host:port``."""
+    ips = _addresses(host, port)
+    if not ips:
+        return set()
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as f:
+            inodes |= _remote_inodes(f.read(), ips, port)
+    return {s for s in _own_sockets() if s.inode in inodes}
+
+
+class Opener:
+    """Opens to one address one at a time, so that the socket each open made is known. One per process:
+    descriptors are per process, and two of its readers opening the same address at once would each see
+    both sockets appear."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, int], threading.Lock] = {}
+
+    def open(self, url: str, fn: Callable[[], T]) -> tuple[T, StreamSocket | None]:
+        """``fn()`` (which connects to ``url``), and the one new socket to its address, or None when there
+        is not exactly one (a URL without a host, a redirect elsewhere, no /proc)."""
+        ep = endpoint(url)
+        if ep is None:
+            return fn(), None
+        with self._guard:
+            lock = self._locks.setdefault(ep, threading.Lock())
+        with lock:
+            before = sockets_to(*ep)
+            result = fn()
+            new = sockets_to(*ep) - before
+        return result, next(iter(new)) if len(new) == 1 else None
+
+
+# Process-wide by nature (see Opener); it holds only locks, one per address ever opened.
+OPENER = Opener()
+
+
+def still_ours(sock: StreamSocket) -> bool:
+    """The descriptor still refers to the same socket (a closed and reused number would not)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{sock.fd}") == f"socket:[{sock.inode}]"
+    except OSError:
+        return False
+
+
+def shut(sock: StreamSocket) -> bool:
+    """Shut the socket down both ways, so that a read blocked on it returns; the descriptor stays open for
+    its owner to close. False when it is no longer the same socket or shutdown failed."""
+    if not still_ours(sock):
+        return False
+    s = socket.socket(fileno=sock.fd)
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.detach()  # FFmpeg owns the descriptor: never close it here
