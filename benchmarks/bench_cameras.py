@@ -287,7 +287,10 @@ class Server:
     def start(self, timeout_s: float = 60.0) -> Server:
         if not os.access(SYSTEM_PYTHON, os.X_OK):
             raise SystemExit(f"{SYSTEM_PYTHON} is missing: the RTSP server runs with Debian's python3-gi")
-        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0"]
+        # --random-phase: every media starts at a random point of its clip, so cameras' keyframes are spread
+        # over the GOP as independent cameras' are, however many clients connect at once. Without it, media
+        # opened together keyframe together: every camera's decode due in the same instant, every second.
+        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0", "--random-phase"]
         cmd += [f"{n}={p}" for n, p in self.paths.items()]
         with self.log_file.open("wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)

@@ -48,8 +48,10 @@ class RtspServer:
         auth: tuple[str, str] | None = None,
         log_dir: Path | None = None,
         host: str = "127.0.0.1",
+        random_phase: bool = False,
     ) -> None:
         self.files = {name: Path(p) for name, p in files.items()}
+        self.random_phase = random_phase  # each path starts at its own (repeatable) point of its clip
         self.host = host
         self.port = port or 0
         self.auth = auth
@@ -81,6 +83,8 @@ class RtspServer:
         self._starts += 1
         out = self.log_dir / f"rtsp-{os.getpid()}-{id(self)}-{self._starts}.out"
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--host", self.host, "--port", str(self.port)]
+        if self.random_phase:
+            cmd.append("--random-phase")
         if self.auth:
             cmd += ["--user", self.auth[0], "--password", self.auth[1]]
         cmd += [f"{n}={p}" for n, p in self.files.items()]

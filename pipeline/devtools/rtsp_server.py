@@ -2,7 +2,7 @@
 """A small looping RTSP server for tests and the demo: GStreamer's RTSP server, run by Debian's python3.
 
     /usr/bin/python3 pipeline/devtools/rtsp_server.py [--host 127.0.0.1] [--port 0] [--user U --password P]
-                                                      NAME=FILE.mp4 [NAME=FILE.mp4 ...]
+                                                      [--random-phase] NAME=FILE.mp4 [NAME=FILE.mp4 ...]
 
 Serves each MP4 (H.264) at ``rtsp://HOST:PORT/NAME`` forever, looping, without re-encoding: the file's access
 units are read once (``filesrc ! qtdemux ! h264parse``, SPS/PPS before every keyframe, whole access units) and
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import random
 import signal
 import sys
 import threading
@@ -85,17 +86,20 @@ class Clip:
 class Feed:
     """One media's place in its clip: the next access unit and when it is due (monotonic seconds)."""
 
-    def __init__(self, clip: Clip, appsrc: GstApp.AppSrc) -> None:
+    def __init__(self, clip: Clip, appsrc: GstApp.AppSrc, first: int = 0) -> None:
         self.clip, self.appsrc = clip, appsrc
         self.gone = threading.Event()  # the media was unprepared: stop pushing into it
         self.started = False  # a push was accepted (before that, appsrc may still be flushing)
         self.start = time.monotonic()
-        self.index = 0  # access units pushed, across loops
+        self.first = self.index = first  # the unit it starts at; then units pushed, across loops
         self.give_up = self.start + _START_WAIT_S
 
+    def _at(self, index: int) -> float:
+        loop, k = divmod(index, len(self.clip.payloads))
+        return loop * self.clip.duration + self.clip.payloads[k][0]
+
     def due(self) -> float:
-        loop, k = divmod(self.index, len(self.clip.payloads))
-        return self.start + loop * self.clip.duration + self.clip.payloads[k][0]
+        return self.start + self._at(self.index) - self._at(self.first)
 
     def skip(self) -> bool:
         """Let the next access unit's time pass unsent (muted)."""
@@ -176,9 +180,11 @@ class Pacer:
 
 
 class Factory(GstRtspServer.RTSPMediaFactory):
-    def __init__(self, clip: Clip, pacer: Pacer) -> None:
+    def __init__(self, clip: Clip, pacer: Pacer, phase_seed: str | None = None) -> None:
         super().__init__()
         self.clip, self.pacer = clip, pacer
+        # where each new media of this path starts in the clip: 0, or random but repeatable per path name
+        self.phases = random.Random(phase_seed) if phase_seed is not None else None
         self.set_shared(True)
         self.set_launch(
             f'( appsrc name=src is-live=true format=time do-timestamp=true caps="{clip.caps}" '
@@ -187,7 +193,8 @@ class Factory(GstRtspServer.RTSPMediaFactory):
         self.connect("media-configure", self._configure)
 
     def _configure(self, _factory: Factory, media: GstRtspServer.RTSPMedia) -> None:
-        feed = Feed(self.clip, media.get_element().get_by_name_recurse_up("src"))
+        first = self.phases.randrange(len(self.clip.payloads)) if self.phases is not None else 0
+        feed = Feed(self.clip, media.get_element().get_by_name_recurse_up("src"), first)
         media.connect("unprepared", lambda *_: feed.gone.set())
         self.pacer.add(feed)
 
@@ -198,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument(
+        "--random-phase",
+        action="store_true",
+        help="start each media at a random access unit of its clip: independent keyframe phases, as real "
+        "cameras have, however many clients connect at once (the benchmarks)",
+    )
     ap.add_argument("media", nargs="+", metavar="NAME=FILE")
     args = ap.parse_args(argv)
 
@@ -221,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             ap.error(f"expected NAME=FILE, got {spec!r}")
-        factory = Factory(Clip(path), pacer)
+        factory = Factory(Clip(path), pacer, name if args.random_phase else None)
         if permissions is not None:
             factory.set_permissions(permissions)
         mounts.add_factory("/" + name.strip("/"), factory)

@@ -47,3 +47,31 @@ def test_loops_like_a_live_camera(rtsp_server: Callable[..., Any], clip_factory:
     wall = got[-1][0] - got[0][0]
     media = got[-1][1] - got[0][1]
     assert abs(wall - media) < 0.5, (wall, media)  # paced in real time, not sent as fast as read
+
+
+@pytest.mark.rtsp
+def test_random_phase_starts_each_path_at_its_own_point(
+    rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path]
+) -> None:
+    # The benchmarks open dozens of cameras at once. Served from the clip's start, every one of them
+    # keyframed in the same instant every second (one decode burst for the whole box); independent cameras
+    # do not. With random_phase each path starts at its own point (repeatable per name): a client may join
+    # mid-GOP, as with a real camera, and decodes from the next keyframe.
+    clip = clip_factory("loop_2s_25fps", seconds=2, fps=25, size=(320, 180), gop=25)
+    names = [f"p{i}" for i in range(6)]
+    srv = rtsp_server(dict.fromkeys(names, clip), random_phase=True)
+    leads: dict[str, int] = {}
+    for name in names:
+        with av.open(srv.url(name), options={"rtsp_transport": "tcp", "timeout": "5000000"}, timeout=10) as c:
+            stream = c.streams.video[0]
+            lead = 0
+            for pkt in c.demux(stream):
+                if pkt.pts is None or not pkt.size:
+                    continue
+                if pkt.is_keyframe:
+                    assert stream.codec_context.decode(pkt), f"{name}: its first keyframe did not decode"
+                    break
+                lead += 1
+        leads[name] = lead
+    assert max(leads.values()) > 0, leads  # somebody joined mid-GOP
+    assert len(set(leads.values())) >= 3, leads  # at different points of the GOP
