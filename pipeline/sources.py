@@ -43,10 +43,13 @@ Hangs: FFmpeg's ``timeout`` option (socket I/O, ``read_s = stall_timeout_s / 2``
 socket, and PyAV's interrupt timeout bounds the whole open (``av.open(timeout=(open_s, None))``); a watchdog
 (run by ``status()`` and by the ``frames()`` loop) reports ``stalled`` once no packet came for
 ``stall_timeout_s``. Measured against a SIGSTOP'd GStreamer server: stalled at stall_timeout_s, backoff soon
-after. PyAV gets no read timeout on purpose: its interrupt callback takes the GIL on every FFmpeg I/O call
-(several per RTP packet). Beside a thread busy in Python each of those waits a switch interval, and with many
-cameras in one process the GIL traffic costs CPU: demuxing alone, 108 cameras cost 3.7 → 2.9 thousandths of a
-core each, and 54 whose packets arrive together 17.6 → 2.7 (``pingan bench demux``).
+after. A socket that is not silent but carries no video (RTCP reports from a camera whose encoder hung) never
+times out in FFmpeg, so the watchdog then shuts the connection's socket down (pipeline/stream_socket.py: the
+reader learns it at open) and the reader reconnects; close() does the same. PyAV gets no read timeout on
+purpose: its interrupt callback takes the GIL on every FFmpeg I/O call (several per RTP packet). Beside a
+thread busy in Python each of those waits a switch interval, and with many cameras in one process the GIL
+traffic costs CPU: demuxing alone, 108 cameras cost 3.7 → 2.9 thousandths of a core each, and 54 whose packets
+arrive together 17.6 → 2.7 (``pingan bench demux``).
 """
 
 from __future__ import annotations
