@@ -151,12 +151,12 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> list[str]:
+    from pipeline.detection import cpu_flags
+
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in flags]
+        flags = cpu_flags(Path("/proc/cpuinfo").read_text())
+        return [f for f in wanted if f in flags]
     return []
 
 

@@ -64,6 +64,12 @@ def choose_providers(
     return chosen
 
 
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The first ``flags`` line of /proc/cpuinfo text, as a set (empty where there is none)."""
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "flags:")
+    return set(line.split(":", 1)[1].split())
+
+
 def int8_without_saturation(cpuinfo: str, machine: str) -> bool:
     """Whether ONNX Runtime's INT8 kernels compute exactly on this CPU. On x86 without VNNI (AVX2, or
     AVX-512 without VNNI) they multiply u8×s8 with VPMADDUBSW, whose 16-bit sums saturate (ORT's own
@@ -71,7 +77,7 @@ def int8_without_saturation(cpuinfo: str, machine: str) -> bool:
     (tests/models/test_vehicles_320.py), exact with VNNI. Other architectures have no such path."""
     if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    flags = cpu_flags(cpuinfo)
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 

@@ -50,14 +50,17 @@ def endpoint(url: str) -> tuple[str, int] | None:
     return parts.hostname, port or (322 if parts.scheme == "rtsps" else 554)
 
 
-def _addresses(host: str, port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _addresses(host: str, port: int) -> set[Address]:
     with contextlib.suppress(OSError, UnicodeError):
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
     return set()
 
 
-def _hex_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+def _hex_address(text: str) -> tuple[Address, int]:
     """/proc/net/tcp{,6} ``ADDR:PORT``: the address in host-order 32-bit words, the port big-endian hex."""
     addr, port = text.split(":")
     raw = bytes.fromhex(addr)
@@ -68,9 +71,7 @@ def _hex_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addre
     return ip, int(port, 16)
 
 
-def _remote_inodes(
-    table: str, ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address], port: int
-) -> set[int]:
+def _remote_inodes(table: str, ips: set[Address], port: int) -> set[int]:
     out: set[int] = set()
     for line in table.splitlines()[1:]:
         f = line.split()
@@ -94,7 +95,10 @@ def _own_sockets() -> Iterator[StreamSocket]:
 
 def sockets_to(host: str, port: int) -> set[StreamSocket]:
     """This process's TCP sockets connected (or connecting) to ``host:port``."""
-    ips = _addresses(host, port)
+    return _sockets_to(_addresses(host, port), port)
+
+
+def _sockets_to(ips: set[Address], port: int) -> set[StreamSocket]:
     if not ips:
         return set()
     inodes: set[int] = set()
@@ -121,10 +125,12 @@ class Opener:
             return fn(), None
         with self._guard:
             lock = self._locks.setdefault(ep, threading.Lock())
+        host, port = ep
+        ips = _addresses(host, port)  # once per open, not before and after
         with lock:
-            before = sockets_to(*ep)
+            before = _sockets_to(ips, port)
             result = fn()
-            new = sockets_to(*ep) - before
+            new = _sockets_to(ips, port) - before
         return result, next(iter(new)) if len(new) == 1 else None
 
 
