@@ -108,6 +108,12 @@ class Feed:
 
     def push(self) -> bool:
         """Push the next access unit; False when this media is finished."""
+        if not self.started and self.appsrc.current_state != Gst.State.PLAYING:
+            # appsrc's do-timestamp stamps a buffer with clock time minus base time, and a media's pipeline
+            # gets its clock before its base time: a first buffer pushed in between was stamped with the
+            # clock's absolute time (the machine's uptime), the RTP sink waited until the clock got there,
+            # and the media sent RTCP but never video. An element that plays has its base time.
+            return self._retry_start()
         # a fresh buffer on every push, its memory shared (not copied): appsrc stamps the buffer it is given,
         # and one pushed again would keep its first loop's timestamp
         _t, payload, key = self.clip.payloads[self.index % len(self.clip.payloads)]
@@ -119,11 +125,17 @@ class Feed:
             self.started = True
             self.index += 1
             return True
-        if ret == Gst.FlowReturn.FLUSHING and not self.started and time.monotonic() < self.give_up:
-            # configured but not started yet: the first unit again shortly, its clock restarted with it
-            self.start = time.monotonic() + _START_RETRY_S
-            return True
+        if ret == Gst.FlowReturn.FLUSHING and not self.started:
+            return self._retry_start()  # configured but not started yet
         return False
+
+    def _retry_start(self) -> bool:
+        """The first unit again shortly, its clock restarted with it; False once the media is given up."""
+        now = time.monotonic()
+        if now >= self.give_up:
+            return False
+        self.start = now + _START_RETRY_S
+        return True
 
 
 _START_RETRY_S = 0.01

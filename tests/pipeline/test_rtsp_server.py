@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,3 +76,68 @@ def test_random_phase_starts_each_path_at_its_own_point(
         leads[name] = lead
     assert max(leads.values()) > 0, leads  # somebody joined mid-GOP
     assert len(set(leads.values())) >= 3, leads  # at different points of the GOP
+
+
+# Run by Debian's python3 (gi). A Feed's first push into an appsrc that has a clock but no base time yet — the
+# moment, while a media's pipeline starts, that made some stand-in cameras send RTCP but never video — and
+# what reaches the sink once the pipeline plays: the first buffer's timestamp, in seconds.
+_FIRST_PUSH = """
+import runpy, sys, time
+mod = runpy.run_path(sys.argv[1], run_name="rtsp_server")
+Gst, GLib, Feed = mod["Gst"], mod["GLib"], mod["Feed"]
+Gst.init(None)
+
+
+class Clip:
+    units = [bytes([0, 0, 0, 1, 0x65 if i == 0 else 0x41, i]) for i in range(25)]
+    payloads = [(i / 25, GLib.Bytes.new(u), i == 0) for i, u in enumerate(units)]
+    duration = 1.0
+
+
+pipe = Gst.parse_launch(
+    "appsrc name=src is-live=true format=time do-timestamp=true ! fakesink name=sink sync=false"
+)
+src, sink = pipe.get_by_name("src"), pipe.get_by_name("sink")
+seen = []
+def keep(_pad, info):
+    seen.append(info.get_buffer().pts)
+    return Gst.PadProbeReturn.OK
+
+
+sink.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, keep)
+clock = Gst.SystemClock.obtain()
+while clock.get_time() < 10 * Gst.SECOND:  # an absolute clock time must stand out from a running time
+    time.sleep(0.1)
+pipe.set_state(Gst.State.PAUSED)  # live: no preroll, no clock yet
+src.set_clock(clock)  # the element has the clock, its base time is still 0
+feed = Feed(Clip(), src)
+assert feed.push(), "a media that has not started must be retried, not given up"
+pipe.set_state(Gst.State.PLAYING)
+deadline = time.monotonic() + 5
+while not feed.started and time.monotonic() < deadline:
+    feed.push()
+    time.sleep(0.01)
+feed.push()
+feed.push()
+while len(seen) < 3 and time.monotonic() < deadline:
+    time.sleep(0.01)
+pipe.set_state(Gst.State.NULL)
+print(" ".join(f"{pts / Gst.SECOND:.3f}" for pts in seen))
+"""
+
+
+@pytest.mark.rtsp
+def test_first_access_unit_waits_for_the_media_to_play() -> None:
+    # appsrc stamps a buffer with clock time minus base time, and a media's pipeline gets its clock before its
+    # base time. A first access unit pushed in between was stamped with the clock's absolute time, the RTP
+    # sink waited for that moment, and the camera sent RTCP reports but no video (in bursts of 60 opens, one
+    # or two media every other run). The first push now waits for the element to play.
+    from pipeline.devtools.rtsp import SERVER_SCRIPT, SYSTEM_PYTHON
+
+    r = subprocess.run(
+        [SYSTEM_PYTHON, "-c", _FIRST_PUSH, str(SERVER_SCRIPT)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    stamps = [float(v) for v in r.stdout.split()]
+    assert len(stamps) >= 3, (r.stdout, r.stderr[-1000:])
+    assert all(0 <= t < 2 for t in stamps), stamps  # running times, not the clock's absolute time
