@@ -13,6 +13,7 @@ does this).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -34,7 +35,11 @@ class _Slot:
     camera_id: str
     models: tuple[str, ...]
     done: Done
+    # this camera's own lock: its camera thread (submit) and at most one inference thread meet here, never
+    # the whole process (see InferenceScheduler)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     busy: bool = False
+    owner: int | None = None  # ident of the inference thread whose job this is
     waiting: Frame | None = None
     dropped: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
@@ -56,7 +61,18 @@ def merge(parts: Sequence[Detections]) -> Detections:
 
 
 class InferenceScheduler:
-    """``threads`` inference threads over shared detectors; ``submit`` never blocks."""
+    """``threads`` inference threads over shared detectors; ``submit`` never blocks.
+
+    No lock is shared by all cameras on the frame path. It used to be one Condition, taken four times per
+    inference and once per submit and per status read. On an overloaded box every hand-over of a contended
+    Python lock waits for the woken thread to get a core and then the GIL: with 48 cameras at 0.5 det/s on
+    a 2-core box that serves ~36, 44 camera threads were queued on it, the status reader waited over 20 s,
+    and inference fell to 12–18 calls in 30 s in two of three runs (215 and 276 in two runs since). Now a
+    camera's frame hand-over takes only its own slot's lock, ready cameras reach the inference threads
+    through a ``queue.SimpleQueue`` (no Python-level lock), and status reads take none. A slot is in the
+    ready queue at most once, with a frame waiting and none in flight, so one camera's frames are detected
+    one at a time, in order (``test_many_cameras_on_their_own_threads_keep_every_invariant``).
+    """
 
     def __init__(
         self,
@@ -67,14 +83,15 @@ class InferenceScheduler:
     ) -> None:
         self._detectors = dict(detectors)
         self._stop = stop
-        self._lock = threading.Condition()
+        self._admin = threading.Lock()  # registration, stuck-thread replacement, join: never per frame
         self._slots: dict[str, _Slot] = {}
-        self._ready: deque[str] = deque()
+        self._ready: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._loop, name=f"infer-{i}", daemon=True) for i in range(threads)
         ]
-        self._started_at: dict[int, float] = {}  # thread ident -> monotonic start of its current job
-        self._jobs: dict[int, _Slot] = {}  # thread ident -> the slot its current job belongs to
+        # per thread ident, written by that thread alone (single dict operations, atomic under the GIL)
+        self._started_at: dict[int, float] = {}  # monotonic start of its current job
+        self._jobs: dict[int, _Slot] = {}  # the slot its current job belongs to
         self._abandoned: set[int] = set()  # idents of stuck threads replaced by restart_stuck()
         self._started = False
         self.restarts = 0
@@ -84,7 +101,7 @@ class InferenceScheduler:
         missing = [m for m in models if m not in self._detectors]
         if missing:
             raise KeyError(f"camera {camera_id}: no detector loaded for {', '.join(missing)}")
-        with self._lock:
+        with self._admin:
             self._slots[camera_id] = _Slot(camera_id, tuple(models), done)
 
     def start(self) -> None:
@@ -93,47 +110,41 @@ class InferenceScheduler:
             t.start()
 
     def submit(self, camera_id: str, frame: Frame) -> None:
-        with self._lock:
-            slot = self._slots[camera_id]
+        slot = self._slots[camera_id]
+        with slot.lock:
             if slot.waiting is not None:
                 slot.dropped += 1
-            else:
-                if not slot.busy:
-                    self._ready.append(camera_id)
+            enqueue = slot.waiting is None and not slot.busy
             slot.waiting = frame
-            self._lock.notify()
+        if enqueue:
+            self._ready.put(slot)
 
     def dropped(self, camera_id: str) -> int:
-        with self._lock:
-            return self._slots[camera_id].dropped
+        return self._slots[camera_id].dropped
 
     def latency_ms(self, camera_id: str) -> float | None:
-        with self._lock:
-            lat = self._slots[camera_id].latencies_ms
-            return float(np.median(lat)) if lat else None
+        lat = list(self._slots[camera_id].latencies_ms)  # a copy made under the GIL: no lock needed
+        return float(np.median(lat)) if lat else None
 
     def stuck(self) -> bool:
         """True when a detector call has run far longer than any frame interval: the supervisor restarts."""
         now = time.monotonic()
-        with self._lock:
-            return any(now - t0 > self.stuck_after_s for t0 in self._started_at.values())
+        return any(now - t0 > self.stuck_after_s for t0 in list(self._started_at.values()))
 
     def restart_stuck(self) -> int:
         """Replace every stuck inference thread by a fresh one; returns how many were replaced."""
         now = time.monotonic()
         fresh: list[threading.Thread] = []
-        with self._lock:
+        with self._admin:
             for ident, t0 in list(self._started_at.items()):
                 if now - t0 <= self.stuck_after_s:
                     continue
-                del self._started_at[ident]
+                self._abandoned.add(ident)  # first: from here on its result is thrown away
+                self._started_at.pop(ident, None)
                 slot = self._jobs.pop(ident, None)
-                self._abandoned.add(ident)
                 self._threads = [t for t in self._threads if t.ident != ident]
                 if slot is not None:
-                    slot.busy = False
-                    if slot.waiting is not None and slot.camera_id not in self._ready:
-                        self._ready.append(slot.camera_id)
+                    self._release(slot, ident)
                     log.error(
                         "camera %s: detector call stuck for %.0f s; inference thread restarted",
                         slot.camera_id,
@@ -143,44 +154,46 @@ class InferenceScheduler:
                 t = threading.Thread(target=self._loop, name=f"infer-r{self.restarts}", daemon=True)
                 self._threads.append(t)
                 fresh.append(t)
-            self._lock.notify_all()
         if self._started:
             for t in fresh:
                 t.start()
         return len(fresh)
 
-    def _take(self) -> tuple[_Slot, Frame] | None:
-        with self._lock:
-            while not self._ready:
-                if self._stop.is_set():
-                    return None
-                self._lock.wait(0.2)
-            slot = self._slots[self._ready.popleft()]
-            frame = slot.waiting
-            assert frame is not None
-            slot.waiting = None
-            slot.busy = True
-            self._started_at[threading.get_ident()] = time.monotonic()
-            self._jobs[threading.get_ident()] = slot
-            return slot, frame
-
-    def _is_abandoned(self) -> bool:
-        with self._lock:
-            return threading.get_ident() in self._abandoned
-
-    def _finish(self, slot: _Slot, elapsed_ms: float) -> None:
-        with self._lock:
-            if threading.get_ident() in self._abandoned:
-                return  # replaced while stuck: its slot is someone else's now
-            self._started_at.pop(threading.get_ident(), None)
-            self._jobs.pop(threading.get_ident(), None)
+    def _release(self, slot: _Slot, owner: int, elapsed_ms: float | None = None) -> None:
+        """``owner``'s job on the slot is over: back in the ready queue if a frame came meanwhile."""
+        with slot.lock:
+            if not slot.busy or slot.owner != owner:
+                return  # released already (restart_stuck freed a stuck thread's slot), maybe taken again
             slot.busy = False
-            slot.latencies_ms.append(elapsed_ms)
-            if slot.waiting is not None:
-                self._ready.append(slot.camera_id)
-                self._lock.notify()
+            if elapsed_ms is not None:
+                slot.latencies_ms.append(elapsed_ms)
+            requeue = slot.waiting is not None
+        if requeue:
+            self._ready.put(slot)
+
+    def _take(self) -> tuple[_Slot, Frame] | None:
+        while not self._stop.is_set():
+            try:
+                slot = self._ready.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            with slot.lock:
+                frame = slot.waiting
+                if frame is None or slot.busy:
+                    continue  # taken already; a busy slot comes back when its job is released
+                slot.waiting = None
+                slot.busy = True
+                slot.owner = ident = threading.get_ident()
+            self._jobs[ident] = slot
+            self._started_at[ident] = time.monotonic()
+            return slot, frame
+        return None
+
+    def _abandoned_here(self) -> bool:
+        return threading.get_ident() in self._abandoned
 
     def _loop(self) -> None:
+        ident = threading.get_ident()
         while True:
             job = self._take()
             if job is None:
@@ -189,20 +202,23 @@ class InferenceScheduler:
             t0 = time.perf_counter()
             try:
                 dets = merge([self._detectors[m].detect([frame.image])[0] for m in slot.models])
-                if not self._is_abandoned():  # a restarted thread's late result is dropped: out of order
+                if not self._abandoned_here():  # a restarted thread's late result is dropped: out of order
                     slot.done(frame, dets)
             except Exception:  # supervision boundary: one camera's bad frame never stops the others
                 log.exception("camera %s: inference or rules failed on frame %d", slot.camera_id, frame.index)
-            finally:
-                self._finish(slot, (time.perf_counter() - t0) * 1000)
-            with self._lock:
-                if threading.get_ident() in self._abandoned:  # replaced: leave (its ident may be reused)
-                    self._abandoned.discard(threading.get_ident())
-                    return
+            abandoned = self._abandoned_here()
+            if not abandoned:
+                self._started_at.pop(ident, None)
+                self._jobs.pop(ident, None)
+            self._release(slot, ident, (time.perf_counter() - t0) * 1000)  # a no-op if no longer ours
+            if abandoned:  # replaced while stuck: a fresh thread took its place; leave
+                with self._admin:
+                    self._abandoned.discard(ident)  # (its ident may be reused by a new thread)
+                return
 
     def join(self, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s
-        with self._lock:
+        with self._admin:
             threads = list(self._threads)  # abandoned (stuck) threads are not waited for
         for t in threads:
             if t.is_alive():

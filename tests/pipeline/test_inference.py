@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import pytest
 
 from pipeline.detections import VEHICLE, Detections
 from pipeline.inference import InferenceScheduler, merge
@@ -87,3 +89,81 @@ def test_merge_concatenates_models() -> None:
     m = merge([a, Detections.empty(), b])
     assert len(m) == 3 and list(m.class_id) == [0, 3, 4]
     assert len(merge([])) == 0
+
+
+class JitterDetector(SlowDetector):
+    """Random short delays (seeded), so calls end in an order unlike the one they started in; counts each
+    camera's frames between the start of their detection and the end of their ``done`` (the camera is the
+    image's pixel value)."""
+
+    def __init__(self, seed: int, cameras: int) -> None:
+        super().__init__(0.0)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.in_flight = [0] * cameras
+        self.overlaps: list[int] = []
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        cam = int(images[0][0, 0, 0])
+        with self._lock:
+            self.delay_s = self._rng.uniform(0.0, 0.004)
+            self.in_flight[cam] += 1
+            if self.in_flight[cam] > 1:
+                self.overlaps.append(cam)
+        return super().detect(images)
+
+    def finished(self, cam: int) -> None:
+        with self._lock:
+            self.in_flight[cam] -= 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_many_cameras_on_their_own_threads_keep_every_invariant(seed: int) -> None:
+    # 24 camera threads submit at once into 3 inference threads, with no lock shared by all cameras on the
+    # frame path (the one Condition it replaced starved everyone on an overloaded box). For every camera:
+    # never two of its frames in detection at once, results in frame order, its newest frame handled, and
+    # every frame either handled or counted as dropped.
+    stop = threading.Event()
+    n_cams, frames = 24, 40
+    det = JitterDetector(seed, n_cams)
+    sched = InferenceScheduler({"m": det}, stop, threads=3)
+    seen: list[list[int]] = [[] for _ in range(n_cams)]
+
+    def done_for(k: int) -> Callable[[Frame, Detections], None]:
+        def done(frame: Frame, _dets: Detections) -> None:
+            time.sleep(0.0005)
+            seen[k].append(frame.index)
+            det.finished(k)
+
+        return done
+
+    for k in range(n_cams):
+        sched.register(f"cam{k}", ["m"], done_for(k))
+    sched.start()
+    go = threading.Barrier(n_cams)
+
+    def camera(k: int) -> None:
+        rng = random.Random(seed * 100 + k)
+        go.wait()
+        for i in range(frames):
+            sched.submit(f"cam{k}", Frame(np.full((4, 4, 3), k, np.uint8), ts=1000.0 + i, index=i))
+            time.sleep(rng.uniform(0, 0.002))
+
+    threads = [threading.Thread(target=camera, args=(k,)) for k in range(n_cams)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(not s or s[-1] != frames - 1 for s in seen):
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        sched.join(2)
+    assert not det.overlaps, f"cameras with two frames in detection at once: {sorted(set(det.overlaps))}"
+    for k in range(n_cams):
+        assert seen[k] == sorted(seen[k]) and len(set(seen[k])) == len(seen[k]), k
+        assert seen[k][-1] == frames - 1, f"cam{k}: its newest frame was never handled"
+        assert len(seen[k]) + sched.dropped(f"cam{k}") == frames, (k, len(seen[k]), sched.dropped(f"cam{k}"))
+    assert sched.latency_ms("cam0") is not None
