@@ -89,7 +89,8 @@ class InferenceScheduler:
         self._threads = [
             threading.Thread(target=self._loop, name=f"infer-{i}", daemon=True) for i in range(threads)
         ]
-        # per thread ident, written by that thread alone (single dict operations, atomic under the GIL)
+        # per thread ident: written by that thread, and by restart_stuck once it is stuck (single dict
+        # operations, atomic under the GIL)
         self._started_at: dict[int, float] = {}  # monotonic start of its current job
         self._jobs: dict[int, _Slot] = {}  # the slot its current job belongs to
         self._abandoned: set[int] = set()  # idents of stuck threads replaced by restart_stuck()
