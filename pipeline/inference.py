@@ -38,8 +38,7 @@ class _Slot:
     # this camera's own lock: its camera thread (submit) and at most one inference thread meet here, never
     # the whole process (see InferenceScheduler)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    busy: bool = False
-    owner: int | None = None  # ident of the inference thread whose job this is
+    owner: int | None = None  # ident of the inference thread detecting this camera's frame; None: idle
     waiting: Frame | None = None
     dropped: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
@@ -115,7 +114,7 @@ class InferenceScheduler:
         with slot.lock:
             if slot.waiting is not None:
                 slot.dropped += 1
-            enqueue = slot.waiting is None and not slot.busy
+            enqueue = slot.waiting is None and slot.owner is None
             slot.waiting = frame
         if enqueue:
             self._ready.put(slot)
@@ -163,9 +162,9 @@ class InferenceScheduler:
     def _release(self, slot: _Slot, owner: int, elapsed_ms: float | None = None) -> None:
         """``owner``'s job on the slot is over: back in the ready queue if a frame came meanwhile."""
         with slot.lock:
-            if not slot.busy or slot.owner != owner:
+            if slot.owner != owner:
                 return  # released already (restart_stuck freed a stuck thread's slot), maybe taken again
-            slot.busy = False
+            slot.owner = None
             if elapsed_ms is not None:
                 slot.latencies_ms.append(elapsed_ms)
             requeue = slot.waiting is not None
@@ -180,10 +179,9 @@ class InferenceScheduler:
                 continue
             with slot.lock:
                 frame = slot.waiting
-                if frame is None or slot.busy:
+                if frame is None or slot.owner is not None:
                     continue  # taken already; a busy slot comes back when its job is released
                 slot.waiting = None
-                slot.busy = True
                 slot.owner = ident = threading.get_ident()
             self._jobs[ident] = slot
             self._started_at[ident] = time.monotonic()
