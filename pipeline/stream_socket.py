@@ -8,8 +8,10 @@ would end it, but PyAV's interrupt callback takes the GIL on every FFmpeg I/O ca
 of cameras a tenth of its CPU (README, Performance).
 
 So a reader learns which socket is its own: the TCP socket to the camera's address and port that appeared
-in this process while it opened the stream, with opens to the same address and port taken one at a time
-(an NVR serving 16 channels on one port opens them one after another). Its watchdog then shuts that socket
+in this process while it opened the stream. Opens to the same address and port (an NVR serving 64 channels
+on one port) take turns only until each one's socket appears — the TCP connect, milliseconds — not for the
+whole open, which then waits for the stream to be probed (up to a second on a 512 kb/s sub-stream: 64
+channels opened strictly in turn took a minute to start). Its watchdog then shuts that socket
 down (``shutdown(2)``, not close: FFmpeg still owns the descriptor); the blocked read returns, and the
 reader reconnects. The owner must ``forget`` the socket before FFmpeg closes it, so that a descriptor
 number reused by someone else is never touched.
@@ -109,29 +111,80 @@ def _sockets_to(ips: set[Address], port: int) -> set[StreamSocket]:
 
 
 class Opener:
-    """Opens to one address one at a time, so that the socket each open made is known. One per process:
-    descriptors are per process, and two of its readers opening the same address at once would each see
-    both sockets appear."""
+    """Opens to one address take turns until each one's socket appears, so that the socket each open made is
+    known. One per process: descriptors are per process, and two of its readers connecting to the same address
+    at once would each see both sockets appear."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll_s: float = 0.005) -> None:
+        self.poll_s = poll_s
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, int], threading.Lock] = {}
 
     def open(self, url: str, fn: Callable[[], T]) -> tuple[T, StreamSocket | None]:
         """``fn()`` (which connects to ``url``), and the one new socket to its address, or None when there
-        is not exactly one (a URL without a host, a redirect elsewhere, no /proc)."""
+        is not exactly one (a URL without a host, a redirect elsewhere, no /proc) or it closed during the
+        open (the descriptor may be someone else's by now)."""
         ep = endpoint(url)
         if ep is None:
             return fn(), None
         with self._guard:
             lock = self._locks.setdefault(ep, threading.Lock())
         host, port = ep
-        ips = _addresses(host, port)  # once per open, not before and after
-        with lock:
-            before = _sockets_to(ips, port)
+        turn = _Turn(
+            lock, _addresses(host, port), port, self.poll_s
+        )  # the address's addresses: once per open
+        try:
             result = fn()
-            new = _sockets_to(ips, port) - before
-        return result, next(iter(new)) if len(new) == 1 else None
+        finally:
+            sock = turn.finish()
+        return result, sock
+
+
+class _Turn:
+    """One open's turn at its address: held from before the open until its socket appears (seen by a
+    watcher thread polling /proc while ``fn`` blocks in FFmpeg without the GIL) or the open ends."""
+
+    def __init__(self, lock: threading.Lock, ips: set[Address], port: int, poll_s: float) -> None:
+        self._lock, self._ips, self._port, self._poll_s = lock, ips, port, poll_s
+        lock.acquire()
+        self._held = True  # under _mu: the address's lock is still ours to release
+        self._mu = threading.Lock()
+        self._before = _sockets_to(ips, port)
+        self._done = threading.Event()
+        self.sock: StreamSocket | None = None
+        self._watcher = threading.Thread(target=self._watch, name="socket-watch", daemon=True)
+        self._watcher.start()
+
+    def _new(self) -> set[StreamSocket]:
+        return _sockets_to(self._ips, self._port) - self._before
+
+    def _watch(self) -> None:
+        while not self._done.wait(self._poll_s):
+            new = self._new()
+            if new:
+                with self._mu:
+                    if self._held:
+                        self.sock = next(iter(new)) if len(new) == 1 else None
+                        self._release()
+                return
+
+    def _release(self) -> None:
+        self._held = False
+        self._lock.release()
+
+    def finish(self) -> StreamSocket | None:
+        self._done.set()
+        self._watcher.join(timeout=2.0)
+        with self._mu:
+            if self._held:  # the watcher saw none (an open faster than its poll): still our turn, look now
+                new = self._new()
+                self.sock = next(iter(new)) if len(new) == 1 else None
+                self._release()
+            elif self.sock is not None and self.sock not in _sockets_to(self._ips, self._port):
+                self.sock = (
+                    None  # closed during the open (it reconnected): whose the number is now is unknown
+                )
+        return self.sock
 
 
 # Process-wide by nature (see Opener); it holds only locks, one per address ever opened.

@@ -116,3 +116,50 @@ def test_opens_to_one_address_take_turns(listener: socket.socket) -> None:
     for conn, found in results:
         assert found is not None and found.fd == conn.fileno()  # type: ignore[attr-defined]
         conn.close()
+
+
+def test_opens_to_one_address_overlap_once_each_has_its_socket(listener: socket.socket) -> None:
+    # An RTSP open connects in milliseconds and then probes the stream for up to a second: an NVR's channels
+    # must not open strictly one after another. The second open runs while the first is still in its open.
+    port = listener.getsockname()[1]
+    opener = Opener()
+    connected, second_done = threading.Event(), threading.Event()
+    overlapped: list[bool] = []
+    first: list[tuple[socket.socket, object]] = []
+
+    def first_open() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port))
+        connected.set()
+        overlapped.append(second_done.wait(5))  # "probing" until the second open has finished
+        return s
+
+    t = threading.Thread(target=lambda: first.append(opener.open(f"rtsp://127.0.0.1:{port}/ch1", first_open)))
+    t.start()
+    assert connected.wait(5)
+    conn2, found2 = opener.open(
+        f"rtsp://127.0.0.1:{port}/ch2", lambda: socket.create_connection(("127.0.0.1", port))
+    )
+    second_done.set()
+    t.join(10)
+    assert overlapped == [True]
+    conn1, found1 = first[0]
+    assert found1 is not None and found1.fd == conn1.fileno()  # type: ignore[attr-defined]
+    assert found2 is not None and found2.fd == conn2.fileno()
+    conn1.close()
+    conn2.close()
+
+
+def test_a_socket_that_closed_during_its_open_is_not_claimed(listener: socket.socket) -> None:
+    # The open reconnected within itself: the first socket's number may be anyone's by the time the open ends.
+    port = listener.getsockname()[1]
+    opener = Opener(poll_s=0.001)
+
+    def reconnecting_open() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port))
+        time.sleep(0.1)  # the watcher (polling every millisecond) has seen it and ended the turn
+        s.close()
+        return socket.create_connection(("127.0.0.1", port))
+
+    conn, found = opener.open(f"rtsp://127.0.0.1:{port}/cam", reconnecting_open)
+    assert found is None
+    conn.close()
