@@ -633,6 +633,9 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "gated": sum(s.gated for s in st),
             "carried": sum(s.carried for s in st),
             "dropped": sum(s.dropped for s in st),
+            # of those, frames decoded and then replaced while they waited for the detector (the rest were
+            # shed undecoded by their readers): decode work spent for nothing
+            "dropped_after_decode": sum(scheduler.dropped(w.camera.id) for w in workers),
             # detecting on sub-streams: the main streams' keyframes, demuxed and kept for evidence; how often
             # they were (re)connected, and how many are connected now
             "evidence_keyframes": sum(main_keyframes),
@@ -874,6 +877,7 @@ def _measure(
         "carried_fraction": delta.get("carried", 0) / max(1, gated + detections + delta.get("carried", 0)),
         "gated_latency_s_p50": percentile(gated_lat, 50),
         "dropped_frames": delta.get("dropped", 0),
+        "dropped_after_decode": delta.get("dropped_after_decode"),
         "rss_mib": {
             "start": rss_start,
             "after_model": rss_model,
@@ -1225,6 +1229,9 @@ def _merge_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "gated_fraction": sum(r["gated"] for r in rows)
         / max(1, sum(r["gated"] + r["inference_calls"] for r in rows)),
         "dropped_frames": sum(r["dropped_frames"] for r in rows),
+        "dropped_after_decode": None
+        if any(r.get("dropped_after_decode") is None for r in rows)
+        else sum(r["dropped_after_decode"] for r in rows),
         "rss_mib": {
             "start": sum(r["rss_mib"]["start"] for r in rows),
             "after_model": rss_model,
