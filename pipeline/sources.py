@@ -233,6 +233,10 @@ class Source:
         self._session_frames = 0
         self.fast_keyframes = fast_keyframes
         self.packet_gate = packet_gate
+        # Asked before a due keyframe is decoded (keyframe-only, live): False when the detector would only
+        # replace this camera's previous frame with it, unseen (InferenceScheduler.admit). The keyframe is
+        # then left undecoded and counted as dropped, and the next one is due instead.
+        self.admit: Callable[[], bool] | None = None
         # An evidence stream (pipeline/evidence_stream.py): nothing is decoded; every keyframe goes to the
         # sink as a packet, and frames() yields nothing.
         self.keyframe_sink = keyframe_sink
@@ -517,6 +521,7 @@ class Source:
         pause_s = self.read_pause_s
         gate = self.packet_gate
         sink = self.keyframe_sink
+        admit = self.admit if live and sink is None else None
         src = stream.codec_context
         gop_bytes = gop_packets = 0  # this GOP's non-key packets
         motion = 0.0  # the largest GOP mean (bytes per P-frame) since the last decoded keyframe
@@ -600,6 +605,10 @@ class Source:
                 if live and sink is None and key_iv is not None and _stale(wall(), tsk, key_iv):
                     with self._lock:
                         self._dropped += 1  # shed, not decoded: the next one is fresher and already here
+                    continue
+                if admit is not None and not admit():
+                    with self._lock:
+                        self._dropped += 1  # not decoded: the detector is behind and has this camera's last
                     continue
                 next_due = _advance(next_due, tsk, period, slack)
             if self.is_file and self.realtime:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -138,8 +139,10 @@ class CameraWorker:
         while not self.stop.is_set():
             try:
                 self._source = self.source_factory(self.camera, self.stop)
-                if self.packet_gate is not None and isinstance(self._source, Source):
-                    self._source.packet_gate = self.packet_gate
+                if isinstance(self._source, Source):
+                    if self.packet_gate is not None:
+                        self._source.packet_gate = self.packet_gate
+                    self._source.admit = partial(self.scheduler.admit, self.camera.id)
                 for frame in self._source.frames():
                     if self.stop.is_set():
                         break

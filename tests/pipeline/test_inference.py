@@ -167,3 +167,24 @@ def test_many_cameras_on_their_own_threads_keep_every_invariant(seed: int) -> No
         assert seen[k][-1] == frames - 1, f"cam{k}: its newest frame was never handled"
         assert len(seen[k]) + sched.dropped(f"cam{k}") == frames, (k, len(seen[k]), sched.dropped(f"cam{k}"))
     assert sched.latency_ms("cam0") is not None
+
+
+def test_admit_sheds_decodes_only_while_the_detector_stays_behind() -> None:
+    # A camera whose last frame still waits is told not to decode the next one only once most due frames
+    # have found their camera's frame waiting (overload), and is told yes again once that has passed.
+    import pipeline.inference as inference
+
+    sched = InferenceScheduler({"m": SlowDetector(0.0)}, threading.Event())  # not started: frames stay
+    for cam in ("busy", "idle"):
+        sched.register(cam, ["m"], lambda f, d: None)
+    sched.submit("busy", _frame(0))
+    answers = [sched.admit("busy") for _ in range(200)]
+    flipped = answers.index(False)
+    assert all(answers[:flipped]) and not any(answers[flipped:])  # near capacity: replace, keep the rate
+    assert sched.pressure() > inference.PRESSURE_ON and sched.behind
+    assert all(sched.admit("idle") for _ in range(5))  # nothing of its own waits: always decode
+    while sched.pressure() > inference.PRESSURE_OFF:
+        assert sched.behind  # no flapping while the pressure is between the two marks
+        assert sched.admit("idle")
+    assert sched.admit("idle") and not sched.behind
+    assert sched.admit("busy")  # back under: a waiting frame is replaced again

@@ -352,6 +352,30 @@ def test_rtsp_read_pauses_end_before_the_next_keyframe(
 
 
 @pytest.mark.rtsp
+def test_rtsp_due_keyframes_the_detector_would_only_drop_are_not_decoded(
+    rtsp_server: Callable[..., Any], parking_clip_25: Path, no_thread_leak: None
+) -> None:
+    # InferenceScheduler.admit says no while the detector is behind and still holds this camera's last frame:
+    # the due keyframe is left undecoded (counted as dropped) and the next keyframe is due instead.
+    srv = rtsp_server({"cam1": parking_clip_25})
+    src = Source(srv.url("cam1"), camera_id="cam1", detect_fps=0.5, stall_timeout_s=4.0)
+    answers = iter([True, False, False])
+    asked: list[float] = []
+
+    def admit() -> bool:
+        asked.append(time.monotonic())
+        return next(answers, True)
+
+    src.admit = admit
+    received = receive(src, 6, 30)
+    assert len(received) >= 6 and len(asked) >= 5, (len(received), len(asked), src.status())
+    assert src.status().dropped >= 2
+    gaps = [round(b.ts - a.ts, 2) for (_, a), (_, b) in itertools.pairwise(received)]
+    assert any(3.5 <= g <= 4.5 for g in gaps), gaps  # two due keyframes (2 s apart) were not decoded
+    assert all(g <= 4.5 for g in gaps), gaps
+
+
+@pytest.mark.rtsp
 def test_rtsp_server_killed_then_back(
     rtsp_server: Callable[..., Any], parking_clip: Path, no_thread_leak: None
 ) -> None:
