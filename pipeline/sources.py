@@ -225,6 +225,9 @@ class Source:
         # (pipeline/stream_socket.py); set while FFmpeg owns it, under _lock
         self._sock: StreamSocket | None = None
         self._shut_reason: str | None = None
+        # its own generator for backoff jitter: a reader retrying in the background never moves the
+        # process's shared one (a property test in the same process saw it move under its strategies)
+        self._rng = random.Random()
 
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
         self._thread: threading.Thread | None = None
@@ -414,7 +417,7 @@ class Source:
                         continue  # loop the file at once
                 if got_frames:
                     failures = 0
-                delay = min(self.backoff_max_s, _BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1.0)
+                delay = min(self.backoff_max_s, _BACKOFF_BASE_S * 2**failures) * self._rng.uniform(0.5, 1.0)
                 failures = min(failures + 1, 30)
                 self._set_state(SourceState.BACKOFF, f"{reason}; retrying in {delay:.1f} s")
                 if self._wait(delay):

@@ -254,6 +254,9 @@ class InlineScheduler:
         assert self.done is not None
         self.done(frame, dets)
 
+    def admit(self, camera_id: str) -> bool:
+        return True  # inline: no frame ever waits, so the detector is never behind
+
     def dropped(self, camera_id: str) -> int:
         return 0
 

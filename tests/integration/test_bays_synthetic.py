@@ -41,6 +41,9 @@ END = 300
 
 class FakeScheduler:
     def register(self, camera_id: str, models: Any, done: Any) -> None: ...
+    def admit(self, camera_id: str) -> bool:
+        return True
+
     def dropped(self, camera_id: str) -> int:
         return 0
 
