@@ -142,7 +142,12 @@ class Opener:
 
 class _Turn:
     """One open's turn at its address: held from before the open until its socket appears (seen by a
-    watcher thread polling /proc while ``fn`` blocks in FFmpeg without the GIL) or the open ends."""
+    watcher thread polling /proc while ``fn`` blocks in FFmpeg without the GIL) or the open ends.
+
+    Not covered: an open that connects to the same address a second time within itself (an RTSP redirect
+    to the same host and port) after its turn ended; the next open in line may claim that second socket.
+    The first open then finds its own socket gone and claims none, and the other holds the wrong one: a read
+    stuck on either's own socket cannot be ended (shutting the wrong one only makes its owner reconnect)."""
 
     def __init__(self, lock: threading.Lock, ips: set[Address], port: int, poll_s: float) -> None:
         self._lock, self._ips, self._port, self._poll_s = lock, ips, port, poll_s
