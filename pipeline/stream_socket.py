@@ -130,9 +130,8 @@ class Opener:
         with self._guard:
             lock = self._locks.setdefault(ep, threading.Lock())
         host, port = ep
-        turn = _Turn(
-            lock, _addresses(host, port), port, self.poll_s
-        )  # the address's addresses: once per open
+        # the address's addresses: looked up once per open
+        turn = _Turn(lock, _addresses(host, port), port, self.poll_s)
         try:
             result = fn()
         finally:
@@ -169,7 +168,7 @@ class _Turn:
             if new:
                 with self._mu:
                     if self._held:
-                        self.sock = next(iter(new)) if len(new) == 1 else None
+                        self.sock = _only(new)
                         self._release()
                 return
 
@@ -182,14 +181,17 @@ class _Turn:
         self._watcher.join(timeout=2.0)
         with self._mu:
             if self._held:  # the watcher saw none (an open faster than its poll): still our turn, look now
-                new = self._new()
-                self.sock = next(iter(new)) if len(new) == 1 else None
+                self.sock = _only(self._new())
                 self._release()
             elif self.sock is not None and self.sock not in _sockets_to(self._ips, self._port):
-                self.sock = (
-                    None  # closed during the open (it reconnected): whose the number is now is unknown
-                )
+                # closed during the open (it reconnected): whose the number is now is unknown
+                self.sock = None
         return self.sock
+
+
+def _only(new: set[StreamSocket]) -> StreamSocket | None:
+    """The socket an open made: the one new socket, or None when there is not exactly one."""
+    return next(iter(new)) if len(new) == 1 else None
 
 
 # Process-wide by nature (see Opener); it holds only locks, one per address ever opened.
