@@ -155,6 +155,9 @@ class WebhookDispatcher:
         self._clients: dict[str, httpx.Client] = {}
         self._watermark: datetime | None = None
         self._seen: dict[tuple[str, int], datetime] = {}
+        # its own jitter: drawing from the shared generator on a background thread changes what every other
+        # user of it gets (Hypothesis warns about exactly that mid-test)
+        self._rng = random.Random()
 
     # ---- database -------------------------------------------------------------------------------
 
@@ -324,7 +327,7 @@ class WebhookDispatcher:
                     error,
                 )
             else:
-                delay = backoff_s(attempts, ep.backoff_base_s, ep.backoff_max_s)
+                delay = backoff_s(attempts, ep.backoff_base_s, ep.backoff_max_s, self._rng.random)
                 values["next_attempt_at"] = done + timedelta(seconds=delay)
                 log.debug("webhook %s: try %d failed (%s); next in %.1f s", ep.id, attempts, error, delay)
             with self._write() as c:

@@ -80,6 +80,7 @@ from benchmarks.common import (
     same_session,
     write_json,
 )
+from pipeline.config import DetectorConfig
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SERVER_SCRIPT = ROOT / "pipeline" / "devtools" / "rtsp_server.py"
@@ -340,7 +341,8 @@ class TrialSpec:
     model: str = "vehicles"
     models_dir: str = str(ROOT / "models")
     precision: str = "auto"
-    inference_threads: int = 2
+    inference_threads: int = DetectorConfig().inference_threads  # the product's default
+    max_batch: int | None = None  # cameras' frames per detector call; None: the supervisor's choice
     intra_threads: int = 1
     spinning: bool = False
     square_input: bool = False  # stretch frames to the model's full square, as before the height was free
@@ -536,6 +538,7 @@ class _ApiPath:
 
 def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     from pipeline.config import Camera, SiteConfig
+    from pipeline.detection import cross_camera_batch
     from pipeline.events import ModelRef
     from pipeline.evidence_stream import open_evidence_stream
     from pipeline.incidents import IncidentBuilder
@@ -548,7 +551,10 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     detector = _load_detector(spec)
     rss_model = rss_mib()
     stop = threading.Event()
-    scheduler = InferenceScheduler({spec.model: detector}, stop, threads=spec.inference_threads)
+    batch = cross_camera_batch([detector], spec.max_batch)
+    scheduler = InferenceScheduler(
+        {spec.model: detector}, stop, threads=spec.inference_threads, max_batch=batch
+    )
     site = SiteConfig(timezone="Asia/Shanghai")
     events: list[str] = []
     to_api = _ApiPath(spec) if spec.api_url else None
@@ -658,6 +664,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "gate_refresh_s": getattr(cam, "gate_refresh_s", None) if gate_on else None,
             "precision": detector.precision,
             "providers": detector.providers,
+            "max_batch": batch,
             "events": lambda: len(events),
             "event_to_api_s": (lambda: to_api.summary()) if to_api else None,
         },
@@ -937,7 +944,7 @@ class Options:
     naive_input: int = 640  # the issue's naive baseline: 640 FP32 (0: the model's own input size)
     substream: bool = False  # a third search: pingan detecting on the cameras' 640×360 sub-streams
     substream_max_n: int = 0  # its largest N (0: max_n)
-    inference_threads: int = 2
+    inference_threads: int = DetectorConfig().inference_threads  # the product's default
     model: str = "vehicles"
     precision: str = "auto"
     levers: bool = False
@@ -1124,6 +1131,11 @@ class Runner:
             f"inference_threads_{other_threads}",
             "InferenceScheduler threads",
             inference_threads=other_threads,
+        )
+        lever(
+            "batch_8",
+            "up to 8 cameras' frames per detector call (the default on a GPU provider; 1 on CPU)",
+            max_batch=8,
         )
         lever("intra_threads_2", "ORT intra-op threads 2 (per session)", intra_threads=2)
         lever("spinning_on", "ORT intra-op thread spinning allowed (intra 2)", intra_threads=2, spinning=True)

@@ -374,6 +374,11 @@ class DetectorConfig(_Strict):
     providers: list[Literal["tensorrt", "cuda", "openvino", "cpu"]] | None = None
     intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    # threads running the shared detectors (and each result's tracker, rules and stills): two, so one
+    # frame's after-work overlaps the next one's inference; what the benchmarks measure
+    inference_threads: Annotated[int, Field(ge=1, le=16)] = 2
+    # cameras' frames per detector call; unset: 8 on a GPU provider, 1 on CPU (pipeline.inference)
+    max_batch: Annotated[int, Field(ge=1, le=64)] | None = None
 
 
 class Config(_Strict):

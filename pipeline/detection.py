@@ -13,7 +13,7 @@ import functools
 import logging
 import platform
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,16 @@ SHORT_NAMES = {
 }
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 DEFAULT_MAX_BATCH = 8
+
+
+def cross_camera_batch(detectors: Iterable[object], configured: int | None = None) -> int:
+    """How many cameras' frames one detector call takes: ``configured`` when set, else ``DEFAULT_MAX_BATCH``
+    when any detector runs on a GPU provider and 1 on CPU, where a batch costs what its frames cost one by
+    one (measured: ``batch_8`` in ``pingan bench cameras --levers``)."""
+    if configured is not None:
+        return configured
+    on_gpu = any((getattr(d, "providers", None) or [""])[0] in GPU_PROVIDERS for d in detectors)
+    return DEFAULT_MAX_BATCH if on_gpu else 1
 
 
 def choose_providers(

@@ -68,7 +68,6 @@ class Supervisor:
     sink: object | None = None  # EventSink with put_status; default: HttpSink to the API
     detectors: dict[str, Detector] | None = None
     source_factory: object | None = None
-    inference_threads: int = 1
     stuck_after_s: float = 30.0  # a detector call running longer than this is stuck: its thread is replaced
     plate_reading: bool = True
     workers: list[CameraWorker] = field(default_factory=list)
@@ -76,6 +75,7 @@ class Supervisor:
     _bays_sent: dict[tuple[str, str], tuple[object, float]] = field(default_factory=dict)  # last accepted
 
     def start(self) -> None:
+        from pipeline.detection import cross_camera_batch
         from pipeline.outbox import Outbox
 
         cfg = self.config
@@ -104,7 +104,11 @@ class Supervisor:
         # Open incidents survive a restart: a car still parked continues its event, not a second one.
         self.journal = IncidentJournal(data_dir / "incidents.db")
         self.scheduler = InferenceScheduler(
-            self.detectors, self.stop, threads=self.inference_threads, stuck_after_s=self.stuck_after_s
+            self.detectors,
+            self.stop,
+            threads=cfg.detector.inference_threads,
+            stuck_after_s=self.stuck_after_s,
+            max_batch=cross_camera_batch(self.detectors.values(), cfg.detector.max_batch),
         )
         self.plates = self._plate_service()
         factory = self.source_factory or self._open_source
@@ -141,12 +145,16 @@ class Supervisor:
             w.start()
         self._status_thread = threading.Thread(target=self._status_loop, name="status", daemon=True)
         self._status_thread.start()
-        log.info("supervisor: %d camera(s) started", len(self.workers))
+        log.info(
+            "supervisor: %d camera(s) started; up to %d camera(s) per detector call",
+            len(self.workers),
+            self.scheduler.max_batch,
+        )
 
     # ---- parts ------------------------------------------------------------------------------------
 
     def _load_detectors(self) -> dict[str, Detector]:
-        from pipeline.detection import load_detector
+        from pipeline.detection import DEFAULT_MAX_BATCH, load_detector
 
         names = sorted({m for c in self.cameras for m in c.models})
         d = self.config.detector
@@ -159,6 +167,7 @@ class Supervisor:
                     providers=d.providers,
                     intra_op_threads=d.intra_op_threads,
                     precision=d.precision,
+                    max_batch=d.max_batch or DEFAULT_MAX_BATCH,
                 )
             except PinganError as err:
                 self._model_errors[n] = str(err)

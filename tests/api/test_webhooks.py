@@ -4,6 +4,7 @@ stable idempotency key; endpoints get only their event types and grids; the queu
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -241,9 +242,11 @@ def test_given_up_delivery_can_be_retried(tmp_path, api_users, receiver):
     with TestClient(create_app(settings)) as client:
         token = client.post("/api/token", json={"username": "admin", "password": "correct-horse-battery"})
         admin = {"Authorization": f"Bearer {token.json()['access_token']}", "X-Pingan-Csrf": "1"}
+        shared = random.getstate()
         assert client.post("/api/events", json=ev, headers=WORKER).status_code == 201
         failed = wait_for(lambda: deliveries(client, admin, status="failed"), what="give-up")[0]
         assert failed["attempts"] == 2 and failed["next_attempt_at"] is None
+        assert random.getstate() == shared  # the retry's jitter came from the dispatcher's own generator
         receiver.start()
         r = client.post(f"/api/webhooks/deliveries/{failed['id']}/retry", headers=admin)
         assert r.status_code == 200 and r.json()["status"] == "pending"

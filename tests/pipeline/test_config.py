@@ -107,6 +107,16 @@ def test_bad_field_names_path_and_line(old: str, new: str, expected: str) -> Non
     assert any(m.startswith(expected) for m in messages), messages
 
 
+def test_detector_batch_is_bounded_and_named() -> None:
+    assert parse_config(GOOD).detector.max_batch is None  # unset: chosen by provider at start-up
+    assert parse_config(GOOD).detector.inference_threads == 2  # what the benchmarks measure
+    assert parse_config(GOOD + "detector: {max_batch: 16}\n").detector.max_batch == 16
+    line = GOOD.count("\n") + 1
+    messages = _errors(GOOD + "detector:\n  max_batch: 0\n")
+    want = f"detector.max_batch: Input should be greater than or equal to 1 (line {line + 1})"
+    assert any(m.startswith(want) for m in messages), messages
+
+
 def test_missing_env_placeholder_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAM_PASS")
     messages = _errors(GOOD)

@@ -14,7 +14,14 @@ import numpy.typing as npt
 import pytest
 
 from pipeline.adapters import preprocess
-from pipeline.detection import OnnxDetector, choose_precision, choose_providers, load_detector
+from pipeline.detection import (
+    DEFAULT_MAX_BATCH,
+    OnnxDetector,
+    choose_precision,
+    choose_providers,
+    cross_camera_batch,
+    load_detector,
+)
 from pipeline.detections import BIN, PERSON, VEHICLE, box_iou
 from pipeline.errors import DetectorError, ModelError
 from pipeline.manifest import Variant, load_manifest
@@ -107,6 +114,21 @@ def test_auto_on_cpu_loads_the_int8_variant_when_listed() -> None:
     entry = load_manifest(MODELS).models["vehicles"]
     det = load_detector("vehicles", MODELS, providers=["cpu"])
     assert det.precision == ("int8" if "int8" in entry.variants else "fp32")
+
+
+class _On:
+    def __init__(self, *providers: str) -> None:
+        self.providers = list(providers)
+
+
+def test_cameras_are_batched_on_a_gpu_provider_only() -> None:
+    cpu, cuda = _On("CPUExecutionProvider"), _On("CUDAExecutionProvider")
+    trt = _On("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert cross_camera_batch([cpu]) == 1
+    assert cross_camera_batch([cpu, cuda]) == DEFAULT_MAX_BATCH > 1
+    assert cross_camera_batch([trt]) == DEFAULT_MAX_BATCH
+    assert cross_camera_batch([object()]) == 1  # a detector that names no provider: as on CPU
+    assert cross_camera_batch([cpu], configured=4) == 4 and cross_camera_batch([trt], configured=1) == 1
 
 
 def test_tensorrt_gets_a_batch_profile_and_fp16_flag() -> None:
@@ -311,3 +333,48 @@ def test_int8_is_exact_only_with_vnni_on_x86() -> None:
     assert int8_without_saturation(zen4, "x86_64")
     assert int8_without_saturation(alder_lake, "x86_64")
     assert int8_without_saturation("", "aarch64")  # no u8s8 saturation path on Arm
+
+
+def test_cameras_batched_by_the_scheduler_get_what_they_get_alone(detector: OnnxDetector) -> None:
+    """Three cameras' frames in one call — a 16:9 1080p frame padded to the height of two 4:3 ones — each
+    come back with the detections of its frame run alone."""
+    import threading
+
+    from pipeline.inference import InferenceScheduler
+    from pipeline.protocols import Frame
+
+    wide = cv2.resize(np.ascontiguousarray(_vtest_frame0()[:432]), (1920, 1080))
+    images = [wide, _vtest_frame0(), _bus()]
+    alone = [detector.detect([im])[0] for im in images]
+    stop = threading.Event()
+    sched = InferenceScheduler({"m": detector}, stop, max_batch=3)
+    got: dict[int, object] = {}
+    done = threading.Event()
+
+    def result(k: int, dets: object) -> None:
+        got[k] = dets
+        if len(got) == 3:
+            done.set()
+
+    for k in range(3):
+        sched.register(f"cam{k}", ["m"], lambda f, d, k=k: result(k, d))
+        sched.submit(f"cam{k}", Frame(images[k], ts=1000.0, index=0))
+    calls = []
+    real = detector.detect
+    detector.detect = lambda ims: (calls.append(len(ims)), real(ims))[1]  # type: ignore[method-assign]
+    sched.start()
+    try:
+        assert done.wait(30)
+    finally:
+        del detector.detect
+        stop.set()
+        sched.join(2)
+    assert calls == [3]
+    for k, want in enumerate(alone):
+        d = got[k]
+        assert isinstance(d, type(want)) and len(d) == len(want) >= 1, (k, len(d), len(want))
+        # the same boxes; not to the bit: the wide frame's padding rows reach the bottom cells' receptive
+        # fields, and INT8 rounds differently there (≤ 2 px at 1080p)
+        np.testing.assert_array_equal(d.class_id, want.class_id)
+        assert np.diag(box_iou(d.xyxy, want.xyxy)).min() > 0.95
+        np.testing.assert_allclose(d.confidence, want.confidence, atol=0.03)

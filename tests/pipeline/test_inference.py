@@ -104,12 +104,13 @@ class JitterDetector(SlowDetector):
         self.overlaps: list[int] = []
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        cam = int(images[0][0, 0, 0])
         with self._lock:
             self.delay_s = self._rng.uniform(0.0, 0.004)
-            self.in_flight[cam] += 1
-            if self.in_flight[cam] > 1:
-                self.overlaps.append(cam)
+            for image in images:
+                cam = int(image[0, 0, 0])
+                self.in_flight[cam] += 1
+                if self.in_flight[cam] > 1:
+                    self.overlaps.append(cam)
         return super().detect(images)
 
     def finished(self, cam: int) -> None:
@@ -117,16 +118,17 @@ class JitterDetector(SlowDetector):
             self.in_flight[cam] -= 1
 
 
+@pytest.mark.parametrize("max_batch", [1, 4])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_many_cameras_on_their_own_threads_keep_every_invariant(seed: int) -> None:
+def test_many_cameras_on_their_own_threads_keep_every_invariant(seed: int, max_batch: int) -> None:
     # 24 camera threads submit at once into 3 inference threads, with no lock shared by all cameras on the
     # frame path (the one Condition it replaced starved everyone on an overloaded box). For every camera:
     # never two of its frames in detection at once, results in frame order, its newest frame handled, and
-    # every frame either handled or counted as dropped.
+    # every frame either handled or counted as dropped; with batches across cameras as without.
     stop = threading.Event()
     n_cams, frames = 24, 40
     det = JitterDetector(seed, n_cams)
-    sched = InferenceScheduler({"m": det}, stop, threads=3)
+    sched = InferenceScheduler({"m": det}, stop, threads=3, max_batch=max_batch)
     seen: list[list[int]] = [[] for _ in range(n_cams)]
 
     def done_for(k: int) -> Callable[[Frame, Detections], None]:
@@ -188,3 +190,138 @@ def test_admit_sheds_decodes_only_while_the_detector_stays_behind() -> None:
         assert sched.admit("idle")
     assert sched.admit("idle") and not sched.behind
     assert sched.admit("busy")  # back under: a waiting frame is replaced again
+
+
+# ---- batches across cameras ------------------------------------------------------------------------------
+
+
+class GatedDetector:
+    """Records each call's cameras (an image's pixel value) and model; the first call blocks until
+    ``release``, so the test decides which frames are ready when the next batches are taken. Each image
+    gets one box whose x1 is its camera, so a result handed to the wrong camera shows; ``bad`` cameras'
+    images fail the call they are in, as a wrongly shaped image fails a real detector's call."""
+
+    def __init__(self, name: str, bad: frozenset[int] = frozenset()) -> None:
+        self.name, self.sha256, self.bad = name, None, bad
+        self.calls: list[list[int]] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        cams = [int(im[0, 0, 0]) for im in images]
+        self.calls.append(cams)
+        self.entered.set()
+        self.release.wait(5)
+        if self.bad & set(cams):
+            raise ValueError(f"bad image from camera {sorted(self.bad & set(cams))}")
+        return [Detections(np.array([[c, 0, c + 1, 1]]), np.array([0.9]), np.array([VEHICLE])) for c in cams]
+
+
+def _cam_frame(cam: int, i: int = 0) -> Frame:
+    return Frame(np.full((4, 4, 3), cam, np.uint8), ts=1000.0 + i, index=i)
+
+
+def _wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _batching(
+    detectors: dict[str, GatedDetector], models: dict[int, list[str]], max_batch: int
+) -> tuple[InferenceScheduler, threading.Event, dict[int, list[float]]]:
+    """A started one-thread scheduler; each camera's results (their boxes' x1) land in the dict."""
+    stop = threading.Event()
+    sched = InferenceScheduler(detectors, stop, threads=1, max_batch=max_batch)
+    got: dict[int, list[float]] = {}
+    for cam, ms in models.items():
+        sched.register(f"cam{cam}", ms, lambda f, d, cam=cam: got.setdefault(cam, []).extend(d.xyxy[:, 0]))
+    sched.start()
+    return sched, stop, got
+
+
+def _first_alone_then(sched: InferenceScheduler, gate: GatedDetector, cams: Sequence[int]) -> None:
+    """cam0's frame alone in the first call, held there while the other cameras' frames arrive."""
+    sched.submit("cam0", _cam_frame(0))
+    assert gate.entered.wait(5)  # nothing else was ready: no waiting to fill a batch
+    for cam in cams:
+        sched.submit(f"cam{cam}", _cam_frame(cam))
+    gate.release.set()
+
+
+def test_a_batch_takes_every_ready_camera_up_to_max_batch_each_gets_its_own_result() -> None:
+    det = GatedDetector("m")
+    sched, stop, got = _batching({"m": det}, {cam: ["m"] for cam in range(10)}, max_batch=4)
+    try:
+        _first_alone_then(sched, det, range(1, 10))
+        _wait_for(lambda: len(got) == 10)
+    finally:
+        stop.set()
+        sched.join(2)
+    assert det.calls == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert got == {cam: [float(cam)] for cam in range(10)}
+
+
+def test_a_batch_runs_each_model_once_and_merges_in_each_cameras_model_order() -> None:
+    a, b = GatedDetector("a"), GatedDetector("b")
+    b.release.set()
+    models = {0: ["a"], 1: ["a", "b"], 2: ["b", "a"], 3: ["b"]}
+    sched, stop, got = _batching({"a": a, "b": b}, models, max_batch=8)
+    try:
+        _first_alone_then(sched, a, (1, 2, 3))
+        _wait_for(lambda: len(got) == 4)
+    finally:
+        stop.set()
+        sched.join(2)
+    assert a.calls == [[0], [1, 2]] and b.calls == [[1, 2, 3]]
+    assert got == {0: [0.0], 1: [1.0, 1.0], 2: [2.0, 2.0], 3: [3.0]}
+
+
+def test_one_bad_frame_in_a_batch_costs_only_its_own_camera(caplog: pytest.LogCaptureFixture) -> None:
+    det = GatedDetector("m", bad=frozenset({2}))
+    sched, stop, got = _batching({"m": det}, {cam: ["m"] for cam in range(5)}, max_batch=8)
+    try:
+        _first_alone_then(sched, det, range(1, 5))
+        _wait_for(lambda: len(got) == 4)
+        det.bad = frozenset()
+        sched.submit("cam2", _cam_frame(2, 1))  # the camera itself goes on with its next frame
+        _wait_for(lambda: 2 in got)
+    finally:
+        stop.set()
+        sched.join(2)
+    # the batch failed, then each of its frames alone: only camera 2's failed
+    assert det.calls == [[0], [1, 2, 3, 4], [1], [2], [3], [4], [2]]
+    assert got == {0: [0.0], 1: [1.0], 3: [3.0], 4: [4.0], 2: [2.0]}
+    assert "camera cam2: inference or rules failed on frame 0" in caplog.text
+    assert "cam1" not in caplog.text
+
+
+def test_a_stuck_batch_frees_every_camera_in_it() -> None:
+    stop = threading.Event()
+    det = GatedDetector("m")
+    sched = InferenceScheduler({"m": det}, stop, threads=1, stuck_after_s=0.3, max_batch=4)
+    seen: dict[int, list[int]] = {}
+    for cam in range(3):
+        sched.register(f"cam{cam}", ["m"], lambda f, d, cam=cam: seen.setdefault(cam, []).append(f.index))
+    for cam in range(3):  # ready together before the thread starts: one batch of three
+        sched.submit(f"cam{cam}", _cam_frame(cam))
+    sched.start()
+    try:
+        assert det.entered.wait(5)
+        _wait_for(sched.stuck)
+        assert det.calls == [[0, 1, 2]]
+        assert sched.restart_stuck() == 1 and not sched.stuck()
+        for cam in range(3):
+            sched.submit(f"cam{cam}", _cam_frame(cam, 1))
+        det.release.set()  # the stuck call returns as well: its results are thrown away
+        _wait_for(lambda: len(seen) == 3)
+        time.sleep(0.1)
+    finally:
+        det.release.set()
+        stop.set()
+        sched.join(2)
+    assert seen == {0: [1], 1: [1], 2: [1]}
+
+
+def test_max_batch_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        InferenceScheduler({}, threading.Event(), max_batch=0)
