@@ -953,6 +953,7 @@ class Options:
     lever_names: str | None = None  # comma-separated subset (the baseline always runs)
     clip_seconds: float = 12.0
     budget_s: float = 600.0  # for both searches
+    confirm: int = 0  # extra trials at each search's result before it counts (see Runner.search)
     lever_budget_s: float = 300.0
     out: Path | None = None
     cache_dir: Path = CACHE_DIR
@@ -1051,32 +1052,58 @@ class Runner:
         return row
 
     def search(self, mode: str, start: int, max_n: int, **kw: Any) -> dict[str, Any]:
-        """Largest N that keeps up: double from ``start`` until it fails (or ``max_n``), bisect to ~10 %."""
+        """Largest N that keeps up: double from ``start`` until it fails (or ``max_n``), bisect to ~10 %;
+        then run the largest N that kept up ``--confirm`` more times. One trial at the knee passes or fails
+        by chance (the same code found 75 and 84 in two runs), so a figure that failed a second trial is
+        not the box's: a failed confirmation makes that N failing and the bisection goes on below it."""
+        tried: list[int] = []
+        passed: set[int] = set()
+        failed: set[int] = set()
+
+        def run(n: int) -> bool:
+            ok = bool(self.trial(mode, n, **kw)["keeps_up"])
+            tried.append(n)
+            (passed if ok else failed).add(n)
+            return ok
+
         best, fail = 0, None
         n = max(1, min(start, max_n))
-        tried: list[int] = []
         while not self.over_budget():
-            ok = self.trial(mode, n, **kw)["keeps_up"]
-            tried.append(n)
-            if not ok:
+            if not run(n):
                 fail = n
                 break
             best = n
             if n >= max_n:
                 break
             n = min(n * 2, max_n)
-        while fail is not None and fail - best > max(1, int(best * 0.1)) and not self.over_budget():
-            mid = (best + fail) // 2
-            if self.trial(mode, mid, **kw)["keeps_up"]:
-                best = mid
-            else:
-                fail = mid
-            tried.append(mid)
+        confirmations: list[dict[str, Any]] = []
+        while not self.over_budget():
+            while fail is not None and fail - best > max(1, int(best * 0.1)) and not self.over_budget():
+                mid = (best + fail) // 2
+                if run(mid):
+                    best = mid
+                else:
+                    fail = mid
+            done = sum(1 for c in confirmations if c["n"] == best)
+            if not best or done >= self.opts.confirm or self.over_budget():
+                break
+            ok = run(best)
+            confirmations.append({"n": best, "keeps_up": ok})
+            if not ok:
+                fail = best
+                best = max((k for k in passed - failed if k < best), default=0)
+        confirmed = (
+            bool(best) and sum(c["n"] == best for c in confirmations) >= self.opts.confirm
+            if self.opts.confirm
+            else None  # not asked for
+        )
         return {
             "max_cameras": best,
             "first_failing_n": fail,
             "capped_at_max_n": fail is None and best >= max_n,
             "tried": tried,
+            "confirmations": confirmations,
+            "confirmed": confirmed,
             "truncated_by_budget": self.over_budget(),
         }
 
@@ -1327,6 +1354,7 @@ def run(opts: Options) -> dict[str, Any]:
     summary = {
         "pingan_max_cameras": pingan["max_cameras"],
         "naive_max_cameras": naive["max_cameras"],
+        "confirm": opts.confirm,  # extra trials each figure passed (search "confirmed": it did)
         "ratio_pingan_over_naive": ratio,
         "pingan_at_max": _brief(best_p),
         "naive_at_max": _brief(best_n),
@@ -1511,6 +1539,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--clip-seconds", type=float, default=d.clip_seconds)
     ap.add_argument("--budget-s", type=float, default=d.budget_s, help="stop searching after this long")
+    ap.add_argument(
+        "--confirm",
+        type=int,
+        default=d.confirm,
+        help="run each search's largest N this many more times; a failure there sends the search lower",
+    )
     ap.add_argument(
         "--lever-budget-s", type=float, default=d.lever_budget_s, help="stop levers after this long"
     )
