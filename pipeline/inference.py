@@ -257,27 +257,29 @@ class InferenceScheduler:
             idx = [i for i, (slot, _) in enumerate(batch) if model in slot.models and not failed[i]]
             if not idx:
                 continue
-            try:
-                dets = self._detectors[model].detect([batch[i][1].image for i in idx])
-                for i, d in zip(idx, dets, strict=True):
-                    found[i][model] = d
-                continue
-            except Exception:
-                if len(idx) == 1:
-                    failed[idx[0]] = True
-                    self._log_failure(batch[idx[0]])
-                    continue
-            # One camera's bad frame must not cost the others theirs: each again, alone.
-            for i in idx:
+            if len(idx) == 1:
+                got: list[Detections | None] = [self._alone(model, batch[idx[0]])]
+            else:
                 try:
-                    found[i][model] = self._detectors[model].detect([batch[i][1].image])[0]
-                except Exception:
+                    got = list(self._detectors[model].detect([batch[i][1].image for i in idx]))
+                except Exception:  # one camera's bad frame must not cost the others theirs: each alone
+                    got = [self._alone(model, batch[i]) for i in idx]
+            for i, dets in zip(idx, got, strict=True):
+                if dets is None:
                     failed[i] = True
-                    self._log_failure(batch[i])
+                else:
+                    found[i][model] = dets
         return [
             None if failed[i] else merge([found[i][m] for m in slot.models])
             for i, (slot, _) in enumerate(batch)
         ]
+
+    def _alone(self, model: str, job: tuple[_Slot, Frame]) -> Detections | None:
+        try:
+            return self._detectors[model].detect([job[1].image])[0]
+        except Exception:
+            self._log_failure(job)
+            return None
 
     @staticmethod
     def _log_failure(job: tuple[_Slot, Frame]) -> None:
@@ -299,7 +301,7 @@ class InferenceScheduler:
             except Exception:  # supervision boundary (a bug outside the detector calls): drop this batch
                 log.exception("inference failed on a batch of %d camera(s)", len(batch))
                 results = [None] * len(batch)
-            elapsed_ms: list[float | None] = []
+            elapsed_ms: list[float] = []
             for job, dets in zip(batch, results, strict=True):
                 if dets is not None and not self._abandoned_here():  # a restarted thread's late result
                     try:  # is dropped: out of order
