@@ -831,9 +831,11 @@ def _measure(
     c0 = counters()
     w0 = time.time()
     cpu = CpuWindow().start()
+    box0 = _proc_stat()
     time.sleep(spec.duration_s)
     w1 = time.time()
     cores = cpu.cores()
+    box_cores = _busy_cores(box0, _proc_stat())
     rss_end = rss_mib()
     c1 = counters()
     # results of frames captured in the window may still arrive, for up to max_latency_s
@@ -870,6 +872,7 @@ def _measure(
         },
         "cpu_cores": cores,
         "cpu_cores_per_camera": cores / max(1, n),
+        "machine_busy_cores_window": box_cores,  # the whole box over the same window as cpu_cores
         "latency_s": {
             "p50": percentile(latencies, 50),
             "p95": p95,
@@ -1047,7 +1050,8 @@ class Runner:
             f"{row['label']:>22} N={n:<3} keeps_up={row['keeps_up']!s:<5} "
             f"rate_min={(row.get('results_per_s_per_camera') or {}).get('min', 0):.2f}/s "
             f"cores={row.get('cpu_cores', 0):.2f} p95={lat if lat is None else round(lat, 2)} s "
-            f"server={row['server_cpu_cores']:.2f} busy={row['machine_busy_cores']:.2f}"
+            f"server={row['server_cpu_cores']:.2f} "
+            f"busy={row.get('machine_busy_cores_window', row['machine_busy_cores']):.2f}"
         )
         return row
 
@@ -1391,8 +1395,9 @@ def run(opts: Options) -> dict[str, Any]:
             "phases": "camera starts are spread over one detection period, so keyframes arrive out of phase "
             "as from independent cameras",
             "cpu": "utime+stime of the trial process over the window (/proc/self/stat); the RTSP server and "
-            "other load are listed separately (server_cpu_cores; machine_busy_cores = the whole box, trial "
-            "included)",
+            "other load are listed separately (server_cpu_cores, over the whole trial; machine_busy_cores = "
+            "the whole box over the whole trial, warm-up and wind-down included; machine_busy_cores_window = "
+            "the whole box over cpu_cores' window)",
         },
         "setups": _setups(opts),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
