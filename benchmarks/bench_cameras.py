@@ -68,12 +68,14 @@ from benchmarks.common import (
     CACHE_DIR,
     ROOT,
     CpuWindow,
+    busy_cores,
     cpu_seconds,
     loadavg,
     machine_info,
     note,
     now_iso,
     percentile,
+    proc_stat,
     reshaped_nanodet,
     result_path,
     rss_mib,
@@ -831,11 +833,9 @@ def _measure(
     c0 = counters()
     w0 = time.time()
     cpu = CpuWindow().start()
-    box0 = _proc_stat()
     time.sleep(spec.duration_s)
     w1 = time.time()
-    cores = cpu.cores()
-    box_cores = _busy_cores(box0, _proc_stat())
+    cores, box_cores = cpu.cores(), cpu.box_cores()
     rss_end = rss_mib()
     c1 = counters()
     # results of frames captured in the window may still arrive, for up to max_latency_s
@@ -1010,7 +1010,7 @@ class Runner:
             setattr(spec, name, v)
         log = self.log_dir / f"trial-{len(self.rows):02d}-{spec.label}-{n}.log"
         srv_c0, t0 = cpu_seconds(self.server.pid), time.monotonic()
-        busy0 = _proc_stat()
+        busy0 = proc_stat()
         k = max(1, min(processes, n))
         parts = [
             replace(spec, n=len(spec.urls[i::k]), urls=spec.urls[i::k], sub_urls=spec.sub_urls[i::k])
@@ -1038,7 +1038,7 @@ class Runner:
             tail = log.read_text(errors="replace")[-800:]
             row = {"mode": mode, "label": spec.label, "n": n, "keeps_up": False, "error": tail}
         row["server_cpu_cores"] = (cpu_seconds(self.server.pid) - srv_c0) / max(wall, 1e-6)
-        row["machine_busy_cores"] = _busy_cores(busy0, _proc_stat())
+        row["machine_busy_cores"] = busy_cores(busy0, proc_stat())
         row["other_load_cores_approx"] = max(
             0.0, row["machine_busy_cores"] - row.get("cpu_cores", 0.0) - row["server_cpu_cores"]
         )
@@ -1081,6 +1081,10 @@ class Runner:
                 break
             n = min(n * 2, max_n)
         confirmations: list[dict[str, Any]] = []
+
+        def confirmed_times(k: int) -> int:
+            return sum(c["n"] == k and c["keeps_up"] for c in confirmations)
+
         while not self.over_budget():
             while fail is not None and fail - best > max(1, int(best * 0.1)) and not self.over_budget():
                 mid = (best + fail) // 2
@@ -1088,19 +1092,15 @@ class Runner:
                     best = mid
                 else:
                     fail = mid
-            done = sum(1 for c in confirmations if c["n"] == best)
-            if not best or done >= self.opts.confirm or self.over_budget():
+            if not best or confirmed_times(best) >= self.opts.confirm or self.over_budget():
                 break
             ok = run(best)
             confirmations.append({"n": best, "keeps_up": ok})
             if not ok:
                 fail = best
                 best = max((k for k in passed - failed if k < best), default=0)
-        confirmed = (
-            bool(best) and sum(c["n"] == best for c in confirmations) >= self.opts.confirm
-            if self.opts.confirm
-            else None  # not asked for
-        )
+        # None: not asked for
+        confirmed = bool(best) and confirmed_times(best) >= self.opts.confirm if self.opts.confirm else None
         return {
             "max_cameras": best,
             "first_failing_n": fail,
@@ -1295,16 +1295,6 @@ def _merge_main_streams(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "main_stream_connects": sum(r["main_stream_connects"] for r in rows),
         "main_streams_connected": {k: sum(c[k] for c in connected) for k in ("start", "end")},
     }
-
-
-def _proc_stat() -> tuple[int, int]:
-    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(vals), vals[3] + vals[4]
-
-
-def _busy_cores(a: tuple[int, int], b: tuple[int, int]) -> float:
-    total, idle = b[0] - a[0], b[1] - a[1]
-    return (1 - idle / max(total, 1)) * (os.cpu_count() or 1)
 
 
 def run(opts: Options) -> dict[str, Any]:

@@ -74,21 +74,38 @@ def rss_mib(pid: int | str = "self", peak: bool = False) -> float:
     return 0.0
 
 
+def proc_stat() -> tuple[int, int]:
+    """The whole box's (total, idle) CPU ticks so far, from /proc/stat (idle includes iowait)."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
+
+
+def busy_cores(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """Cores the whole box was busy between two ``proc_stat()`` snapshots."""
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return (1 - idle / max(total, 1)) * (os.cpu_count() or 1)
+
+
 @dataclass
 class CpuWindow:
-    """CPU cores used by a process over a wall-clock window: ``Δ(utime+stime) / Δwall``."""
+    """CPU cores used by a process over a wall-clock window: ``Δ(utime+stime) / Δwall``; and the whole
+    box's busy cores over the same window (``box_cores``)."""
 
     pid: int | str = "self"
     t0: float = 0.0
     c0: float = 0.0
+    box0: tuple[int, int] = (0, 0)
 
     def start(self) -> CpuWindow:
-        self.t0, self.c0 = time.monotonic(), cpu_seconds(self.pid)
+        self.t0, self.c0, self.box0 = time.monotonic(), cpu_seconds(self.pid), proc_stat()
         return self
 
     def cores(self) -> float:
         dt = max(time.monotonic() - self.t0, 1e-6)
         return (cpu_seconds(self.pid) - self.c0) / dt
+
+    def box_cores(self) -> float:
+        return busy_cores(self.box0, proc_stat())
 
 
 def loadavg() -> list[float]:
@@ -99,19 +116,13 @@ def loadavg() -> list[float]:
 
 def busy_fraction(seconds: float = 1.0) -> float:
     """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): how loaded the machine is by everyone."""
-
-    def snap() -> tuple[int, int]:
-        vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        return sum(vals), idle
-
     try:
-        t0, i0 = snap()
+        a = proc_stat()
         time.sleep(seconds)
-        t1, i1 = snap()
+        b = proc_stat()
     except OSError:
         return float("nan")
-    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    return 1.0 - (b[1] - a[1]) / max(b[0] - a[0], 1)
 
 
 # ---- statistics --------------------------------------------------------------------------------------------
