@@ -41,7 +41,7 @@ END = 300
 
 class FakeScheduler:
     def register(self, camera_id: str, models: Any, done: Any) -> None: ...
-    def admit(self, camera_id: str, age_s: float = 0.0) -> bool:
+    def admit(self, camera_id: str) -> bool:
         return True
 
     def dropped(self, camera_id: str) -> int:
