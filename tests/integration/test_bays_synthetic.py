@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from pipeline.redact import Redactor
 from pipeline.sinks import HttpSink
 from pipeline.supervisor import Supervisor
 from pipeline.worker import CameraWorker
+from tests.fakes import InlineScheduler
 from tests.fixtures.api import WORKER_KEY, make_settings
 
 T0 = 1_790_000_000.0
@@ -37,18 +37,6 @@ BAYS = {f"bay-{i + 1}": (100 + 120 * i, 200, 200 + 120 * i, 330) for i in range(
 PARKED = {"A": ("bay-1", 10, 250, (150, 158)), "B": ("bay-2", 60, 140, None)}
 THROUGH = (95, 105)  # car C crosses the three bays, right to left, over these seconds
 END = 300
-
-
-class FakeScheduler:
-    def register(self, camera_id: str, models: Any, done: Any) -> None: ...
-    def admit(self, camera_id: str) -> bool:
-        return True
-
-    def dropped(self, camera_id: str) -> int:
-        return 0
-
-    def latency_ms(self, camera_id: str) -> float | None:
-        return None
 
 
 def config() -> Config:
@@ -111,7 +99,9 @@ def test_free_count_follows_the_truth(api_client, auth_headers) -> None:
     cfg = config()
     cam = cfg.cameras[0]
     stop = threading.Event()
-    worker = CameraWorker(cam, cfg.site, FakeScheduler(), None, stop, lambda c, s: None)  # type: ignore[arg-type]
+    # detections are fed to the worker directly: the scheduler's detector is never called
+    never = InlineScheduler(lambda image: Detections.empty())
+    worker = CameraWorker(cam, cfg.site, never, None, stop, lambda c, s: None)  # type: ignore[arg-type]
     sink = HttpSink("http://testserver", WORKER_KEY, transport=api_client._transport)
     sup = Supervisor(config=cfg, cameras=[cam], stop=stop, redactor=Redactor(), sink=sink, workers=[worker])
     rng = np.random.default_rng(5)
