@@ -35,6 +35,13 @@ Done = Callable[[Frame, Detections], None]
 PRESSURE_ALPHA = 0.02
 PRESSURE_ON = 0.5
 PRESSURE_OFF = 0.15
+# admit(): a due frame is not decoded when it would be older than this by the time an inference thread
+# takes it (its age now + the wait behind the frames already queued). Past capacity every camera's frame
+# used to queue behind every other's: 76 cameras at 0.5 det/s on a box that serves 61, ~22 detector calls a
+# second, frames ~3.5 s old when detected, hardly one result within 2 s of its frame. 1.2 s leaves ~0.8 s of
+# a 2 s frame-to-event target for detection and the event; 1.7 s no longer bounded latency past capacity.
+MAX_AGE_S = 1.2
+FRAME_TIME_ALPHA = 0.1  # the weight of one batch in the running estimate of a frame's detection time
 
 
 @dataclass
@@ -95,6 +102,7 @@ class InferenceScheduler:
         threads: int = 1,
         stuck_after_s: float = 30.0,
         max_batch: int = 1,
+        max_age_s: float = MAX_AGE_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -114,6 +122,9 @@ class InferenceScheduler:
         self._abandoned: set[int] = set()  # idents of stuck threads replaced by restart_stuck()
         self._started = False
         self._pressure = 0.0  # see admit()
+        self.max_age_s = max_age_s
+        self._n_threads = max(1, threads)
+        self._frame_s = 0.0  # running estimate of one frame's detection time (wall: under the box's load)
         self.behind = False  # admit() is shedding decodes: the detector has been behind its cameras
         self.restarts = 0
         self.stuck_after_s = stuck_after_s
@@ -140,14 +151,22 @@ class InferenceScheduler:
         if enqueue:
             self._ready.put(slot)
 
-    def admit(self, camera_id: str) -> bool:
-        """Whether the camera's source should decode the frame now due. No, when its previous frame still
-        waits for the detector and the detector has been behind for a while: decoding this one would only
-        replace that one unseen. Past a box's capacity that is what most decodes came to (64 cameras at
-        1 det/s where 49 fit: all 1,560 dropped frames in 30 s had been decoded, ~0.7 of 1.7 cores). Near
-        capacity a frame still waits now and then; replacing it then keeps the camera's rate, so the answer
-        is yes until the share of due frames that found one waiting, over the last ~``1/PRESSURE_ALPHA``
-        due frames of all cameras, passes ``PRESSURE_ON`` (and again once it is under ``PRESSURE_OFF``)."""
+    def admit(self, camera_id: str, age_s: float = 0.0) -> bool:
+        """Whether the camera's source should decode the frame now due, captured ``age_s`` ago.
+
+        No, when it would be older than ``max_age_s`` by the time an inference thread takes it (``age_s`` +
+        ``expected_wait_s()``): past capacity the queue then holds only frames that will still be fresh when
+        detected, instead of every camera's frame behind every other's, and a camera told no asks again at its
+        next keyframe (its schedule does not move on). A waiting frame is not replaced then either: it will
+        be detected before long.
+
+        No, too, when its previous frame still waits for the detector and the detector has been behind for a
+        while: decoding this one would only replace that one unseen. Past a box's capacity that is what most
+        decodes came to (64 cameras at 1 det/s where 49 fit: all 1,560 dropped frames in 30 s had been
+        decoded, ~0.7 of 1.7 cores). Near capacity a frame still waits now and then; replacing it then keeps
+        the camera's rate, so the answer is yes until the share of due frames that found one waiting, over
+        the last ~``1/PRESSURE_ALPHA`` due frames of all cameras, passes ``PRESSURE_ON`` (and again once it
+        is under ``PRESSURE_OFF``)."""
         waiting = self._slots[camera_id].waiting is not None
         # a shared estimate updated without a lock: a lost update under contention only delays it a little
         self._pressure = p = self._pressure + PRESSURE_ALPHA * (waiting - self._pressure)
@@ -155,7 +174,15 @@ class InferenceScheduler:
             self.behind = True
         elif p < PRESSURE_OFF:
             self.behind = False
-        return not (waiting and self.behind)
+        stale = age_s + self.expected_wait_s() > self.max_age_s
+        if waiting:
+            return not (self.behind or stale)  # a replacement keeps the waiting frame's place in the queue
+        return not stale
+
+    def expected_wait_s(self) -> float:
+        """How long a frame submitted now would wait before an inference thread takes it (an estimate:
+        the cameras ready ahead of it × one frame's recent detection time ÷ the inference threads)."""
+        return self._ready.qsize() * self._frame_s / self._n_threads
 
     def pressure(self) -> float:
         """The share of recent due frames that found their camera's previous frame still waiting."""
@@ -309,6 +336,10 @@ class InferenceScheduler:
                     except Exception:  # supervision boundary: one camera's failure never stops the others
                         self._log_failure(job)
                 elapsed_ms.append((time.perf_counter() - t0) * 1000)
+            per_frame_s = elapsed_ms[-1] / 1000 / len(batch)
+            # lock-free, like _pressure; the first call sets it (from 0 it would take ~20 calls to get there)
+            f = self._frame_s
+            self._frame_s = per_frame_s if f == 0.0 else f + FRAME_TIME_ALPHA * (per_frame_s - f)
             abandoned = self._abandoned_here()
             if not abandoned:
                 self._started_at.pop(ident, None)

@@ -236,10 +236,11 @@ class Source:
         self._session_frames = 0
         self.fast_keyframes = fast_keyframes
         self.packet_gate = packet_gate
-        # Asked before a due keyframe is decoded (keyframe-only, live): False when the detector would only
-        # replace this camera's previous frame with it, unseen (InferenceScheduler.admit). The keyframe is
-        # then left undecoded and counted as dropped, and the next one is due instead.
-        self.admit: Callable[[], bool] | None = None
+        # Asked before a due keyframe is decoded (keyframe-only, live), with the keyframe's age in seconds:
+        # False when the detector would take it too late or would only replace this camera's previous frame
+        # with it, unseen (InferenceScheduler.admit). The keyframe is then left undecoded and counted as
+        # dropped, and the next one is due instead.
+        self.admit: Callable[[float], bool] | None = None
         # An evidence stream (pipeline/evidence_stream.py): nothing is decoded; every keyframe goes to the
         # sink as a packet, and frames() yields nothing.
         self.keyframe_sink = keyframe_sink
@@ -609,9 +610,13 @@ class Source:
                     with self._lock:
                         self._dropped += 1  # shed, not decoded: the next one is fresher and already here
                     continue
-                if admit is not None and not admit():
+                if admit is not None and not admit(wall() - tsk):
                     with self._lock:
                         self._dropped += 1  # not decoded: the detector is behind and has this camera's last
+                    # The next keyframe is due, and the schedule restarts from the one taken: catching up
+                    # (the one after it due a period after this one) would queue two of this camera's frames
+                    # close together while the detector is behind, the second replacing the first.
+                    next_due = None
                     continue
                 next_due = _advance(next_due, tsk, period, slack)
             if self.is_file and self.realtime:

@@ -254,7 +254,7 @@ class InlineScheduler:
         assert self.done is not None
         self.done(frame, dets)
 
-    def admit(self, camera_id: str) -> bool:
+    def admit(self, camera_id: str, age_s: float = 0.0) -> bool:
         return True  # inline: no frame ever waits, so the detector is never behind
 
     def dropped(self, camera_id: str) -> int:

@@ -192,6 +192,102 @@ def test_admit_sheds_decodes_only_while_the_detector_stays_behind() -> None:
     assert sched.admit("busy")  # back under: a waiting frame is replaced again
 
 
+class PacedDetector:
+    """Takes ``delay_s`` a call, then holds while ``go`` is clear: the test decides what stays queued."""
+
+    name, sha256 = "paced", None
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.go, self.entered = threading.Event(), threading.Event()
+        self.go.set()
+        self.calls = 0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        self.calls += 1
+        self.entered.set()
+        time.sleep(self.delay_s)
+        self.go.wait(5)
+        return [Detections.empty() for _ in images]
+
+
+def test_admit_keeps_out_frames_the_detector_would_take_too_late() -> None:
+    # A due frame is decoded only if it will still be fresh when an inference thread takes it: its age now
+    # plus the wait behind the frames already queued (their count × a frame's recent detection time ÷
+    # threads) within max_age_s. Past capacity every camera's frame used to queue behind every other's.
+    det, stop = PacedDetector(0.1), threading.Event()
+    sched = InferenceScheduler({"m": det}, stop, threads=1, max_age_s=1.2)
+    done: list[int] = []
+    for k in range(20):
+        sched.register(f"cam{k}", ["m"], lambda f, d: done.append(f.index))
+    sched.start()
+    try:
+        for i in range(3):  # learns a frame's detection time: 0.1 s
+            sched.submit("cam0", _frame(i))
+            _wait_for(lambda i=i: len(done) == i + 1)
+        assert sched.expected_wait_s() == 0.0  # nothing queued
+        det.go.clear()
+        det.entered.clear()
+        sched.submit("cam1", _frame(10))
+        assert det.entered.wait(5)  # held in the detector: what is submitted now stays queued
+        for k in range(2, 7):
+            sched.submit(f"cam{k}", _frame(10))
+        wait = sched.expected_wait_s()
+        assert 0.45 <= wait <= 0.8, wait  # 5 queued × ~0.1 s
+        assert sched.admit("cam9", 0.0) and sched.admit("cam9", 0.3)  # detected well within 1.2 s
+        assert not sched.admit("cam9", 1.0)  # ≥ 1.45 s old by the time it would be taken: not decoded
+        assert sched.admit("cam2", 0.0)  # its waiting frame may be replaced by a fresh one: same place
+        assert not sched.admit("cam2", 1.0)  # but not by one that is stale already: the waiting one goes
+        for k in range(7, 17):
+            sched.submit(f"cam{k}", _frame(10))
+        assert not sched.admit("cam19", 0.0)  # 15 queued: ≥ 1.5 s of work ahead of a fresh frame
+        assert not sched.behind  # this is not the pressure rule: nothing was replaced here
+    finally:
+        det.go.set()
+        stop.set()
+        sched.join(2)
+
+
+def test_past_capacity_admitted_frames_stay_fresh_and_the_detector_stays_busy() -> None:
+    # 40 cameras each due a frame a second into a detector that serves 20 a second (twice its capacity),
+    # as a camera's source asks: admit(its frame's age) before decoding, and when told no, again a second
+    # later. Without the age rule every frame waited behind every camera's (~2 s here); with it, what is
+    # detected is taken within max_age_s of its capture, and the detector never runs dry.
+    det, stop = PacedDetector(0.05), threading.Event()
+    sched = InferenceScheduler({"m": det}, stop, threads=1, max_age_s=0.5)
+    taken_age: list[float] = []
+    for k in range(40):
+        sched.register(f"cam{k}", ["m"], lambda f, d: taken_age.append(time.monotonic() - f.ts))
+    sched.start()
+    go, run_s = threading.Barrier(40), 4.0
+
+    def camera(k: int) -> None:
+        go.wait()
+        t_end = time.monotonic() + run_s
+        time.sleep(k / 40)  # cameras keyframe at their own phases
+        i = 0
+        while time.monotonic() < t_end:
+            if sched.admit(f"cam{k}", 0.0):  # a keyframe captured just now
+                sched.submit(f"cam{k}", Frame(np.zeros((4, 4, 3), np.uint8), ts=time.monotonic(), index=i))
+            i += 1
+            time.sleep(1.0)
+
+    threads = [threading.Thread(target=camera, args=(k,)) for k in range(40)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(run_s + 3)
+    finally:
+        stop.set()
+        sched.join(2)
+    assert det.calls >= 0.7 * run_s / det.delay_s, det.calls  # refusing frames did not starve the detector
+    ages = sorted(taken_age)
+    p95 = ages[int(0.95 * (len(ages) - 1))]
+    # taken by max_age_s + about one call; the done callback comes one call later still
+    assert p95 <= 0.5 + 3 * det.delay_s + 0.1, (p95, len(ages))
+
+
 # ---- batches across cameras ------------------------------------------------------------------------------
 
 

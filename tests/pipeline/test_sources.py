@@ -362,7 +362,8 @@ def test_rtsp_due_keyframes_the_detector_would_only_drop_are_not_decoded(
     answers = iter([True, False, False])
     asked: list[float] = []
 
-    def admit() -> bool:
+    def admit(age_s: float) -> bool:
+        assert 0 <= age_s < 2, age_s  # the keyframe's age: captured moments ago
         asked.append(time.monotonic())
         return next(answers, True)
 
@@ -373,6 +374,9 @@ def test_rtsp_due_keyframes_the_detector_would_only_drop_are_not_decoded(
     gaps = [round(b.ts - a.ts, 2) for (_, a), (_, b) in itertools.pairwise(received)]
     assert any(3.5 <= g <= 4.5 for g in gaps), gaps  # two due keyframes (2 s apart) were not decoded
     assert all(g <= 4.5 for g in gaps), gaps
+    # the schedule restarts from the frame taken: no catching up with the one refused, which would queue
+    # two of the camera's frames a keyframe apart while the detector is behind
+    assert all(g >= 1.5 for g in gaps), gaps
 
 
 @pytest.mark.rtsp
