@@ -157,8 +157,8 @@ class InferenceScheduler:
         No, when it would be older than ``max_age_s`` by the time an inference thread takes it (``age_s`` +
         ``expected_wait_s()``): past capacity the queue then holds only frames that will still be fresh when
         detected, instead of every camera's frame behind every other's, and a camera told no asks again at its
-        next keyframe (its schedule does not move on). A waiting frame is not replaced then either: it will
-        be detected before long.
+        next keyframe (its source's schedule then restarts from the frame it gets). A waiting frame is not
+        replaced then either: it will be detected before long.
 
         No, too, when its previous frame still waits for the detector and the detector has been behind for a
         while: decoding this one would only replace that one unseen. Past a box's capacity that is what most
