@@ -80,10 +80,15 @@ def proc_stat() -> tuple[int, int]:
     return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
 
 
+def busy_share(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """The share of all CPUs busy between two ``proc_stat()`` snapshots."""
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return 1 - idle / max(total, 1)
+
+
 def busy_cores(a: tuple[int, int], b: tuple[int, int]) -> float:
     """Cores the whole box was busy between two ``proc_stat()`` snapshots."""
-    total, idle = b[0] - a[0], b[1] - a[1]
-    return (1 - idle / max(total, 1)) * (os.cpu_count() or 1)
+    return busy_share(a, b) * (os.cpu_count() or 1)
 
 
 @dataclass
@@ -122,7 +127,7 @@ def busy_fraction(seconds: float = 1.0) -> float:
         b = proc_stat()
     except OSError:
         return float("nan")
-    return 1.0 - (b[1] - a[1]) / max(b[0] - a[0], 1)
+    return busy_share(a, b)
 
 
 # ---- statistics --------------------------------------------------------------------------------------------
