@@ -80,15 +80,10 @@ def proc_stat() -> tuple[int, int]:
     return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
 
 
-def busy_share(a: tuple[int, int], b: tuple[int, int]) -> float:
-    """The share of all CPUs busy between two ``proc_stat()`` snapshots."""
-    total, idle = b[0] - a[0], b[1] - a[1]
-    return 1 - idle / max(total, 1)
-
-
 def busy_cores(a: tuple[int, int], b: tuple[int, int]) -> float:
     """Cores the whole box was busy between two ``proc_stat()`` snapshots."""
-    return busy_share(a, b) * (os.cpu_count() or 1)
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return (1 - idle / max(total, 1)) * (os.cpu_count() or 1)
 
 
 @dataclass
@@ -117,17 +112,6 @@ def loadavg() -> list[float]:
     with contextlib.suppress(OSError):
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     return []
-
-
-def busy_fraction(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): how loaded the machine is by everyone."""
-    try:
-        a = proc_stat()
-        time.sleep(seconds)
-        b = proc_stat()
-    except OSError:
-        return float("nan")
-    return busy_share(a, b)
 
 
 # ---- statistics --------------------------------------------------------------------------------------------
