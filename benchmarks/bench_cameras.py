@@ -424,7 +424,7 @@ class _FullDecodeSource:
 
     def _run(self) -> None:
         from pipeline.protocols import Frame
-        from pipeline.sources import open_rtsp
+        from pipeline.sources import open_rtsp, to_bgr
 
         with open_rtsp(self.url, "tcp", 5.0, 5.0) as container:
             stream = container.streams.video[0]
@@ -446,7 +446,7 @@ class _FullDecodeSource:
                     if next_due is not None and t < next_due - 0.02:
                         continue
                     next_due = t + self.period if next_due is None else next_due + self.period
-                    image: Any = f.to_ndarray(format="bgr24")
+                    image: Any = to_bgr(f)
                     frame = Frame(image, wall0 + (t - t0), index, bool(f.key_frame))
                     while True:
                         try:

@@ -15,6 +15,9 @@ Parts (each one is written to the JSON result, with machine info, in benchmarks/
   offline state, from the server's restart to the next frame, from SIGSTOP to an offline state, and from
   SIGCONT to the next frame (medians over ``--repeats``).
 - ``gate``: ``SceneGate.changed`` ms per frame at 720p and 1080p (whole frame and one zone).
+- ``convert``: a freshly decoded 1080p keyframe to BGR: PyAV's default (a swscale thread per core, started
+  for every frame's own scaling context) against ``pipeline.sources.to_bgr`` (one thread): CPU and wall ms
+  per frame, alternating rounds, medians.
 
 The machine is shared (2 cores): figures are noisy; the load average is recorded next to them.
 """
@@ -40,7 +43,7 @@ from pipeline.devtools.demo import VTEST, transcode_h264
 from pipeline.devtools.rtsp import RtspServer, gst_rtsp_problem
 from pipeline.gate import SceneGate
 from pipeline.protocols import SourceState
-from pipeline.sources import Source
+from pipeline.sources import Source, to_bgr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFFLINE = (SourceState.STALLED, SourceState.BACKOFF, SourceState.CONNECTING)
@@ -215,6 +218,53 @@ def bench_gate() -> dict[str, Any]:
     return out
 
 
+# ---- BGR conversion ----------------------------------------------------------------------------------------
+
+
+def bench_convert(clip: Path, rounds: int = 7, frames: int = 48) -> dict[str, Any]:
+    """CPU and wall ms to convert one freshly decoded keyframe (each frame converted once: a frame keeps its
+    scaling context, so a second conversion of it would not pay what the pipeline pays)."""
+    with av.open(str(clip)) as c:
+        st = c.streams.video[0]
+        keys = [p for p in c.demux(st) if p.is_keyframe and p.size]
+        extradata = st.codec_context.extradata
+        size = f"{st.width}x{st.height}"
+    cc: Any = av.CodecContext.create("h264", "r")
+    cc.extradata = extradata
+    cc.thread_count = 1
+    cc.skip_frame = "NONKEY"
+
+    def fresh() -> list[Any]:
+        out: list[Any] = []
+        while len(out) < frames:
+            for p in keys:
+                out += cc.decode(p)
+        return out[:frames]
+
+    ways: dict[str, Callable[[Any], Any]] = {
+        "pyav_default": lambda f: f.to_ndarray(format="bgr24"),
+        "to_bgr_1_thread": to_bgr,
+    }
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in ways}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            batch = fresh()
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            for f in batch:
+                fn(f)
+            got[name].append(((time.process_time() - cpu0) / frames, (time.perf_counter() - t0) / frames))
+    out: dict[str, Any] = {"size": size, "frames_per_round": frames, "rounds": rounds}
+    for name, runs in got.items():
+        out[name] = {
+            "cpu_ms_per_frame": round(statistics.median(r[0] for r in runs) * 1e3, 3),
+            "wall_ms_per_frame": round(statistics.median(r[1] for r in runs) * 1e3, 3),
+        }
+    out["cpu_ratio_default_to_1_thread"] = round(
+        out["pyav_default"]["cpu_ms_per_frame"] / max(out["to_bgr_1_thread"]["cpu_ms_per_frame"], 1e-9), 2
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cameras", type=int, default=3)
@@ -224,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stall", type=float, default=3.0, help="stall_timeout_s for the fault timings")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: file,rtsp,faults,gate")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: file,rtsp,faults,gate,convert")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -256,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         if "file" not in skip:
             result["file"] = bench_file(clip)
             print("file", json.dumps(result["file"]), flush=True)
+        if "convert" not in skip:
+            big = make_clip(Path(tmp) / "clip-1080p.mp4", seconds=4, fps=25, size=(1920, 1080), gop=25)
+            result["convert"] = bench_convert(big)
+            print("convert", json.dumps(result["convert"]), flush=True)
         if "gate" not in skip:
             result["gate"] = bench_gate()
             print("gate", json.dumps(result["gate"]), flush=True)

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from pipeline.config import Camera
 from pipeline.protocols import Frame, SourceStatus
 from pipeline.redact import Redactor
-from pipeline.sources import Keyframe, Source, open_source
+from pipeline.sources import Keyframe, Source, open_source, to_bgr
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class EvidenceStream:
         self.decodes += 1
         if not frames:
             return None
-        image: Image = frames[-1].to_ndarray(format="bgr24")
+        image: Image = to_bgr(frames[-1])
         return image
 
 

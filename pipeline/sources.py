@@ -136,6 +136,16 @@ def open_rtsp(url: str, transport: str, open_timeout_s: float, read_timeout_s: f
     return av.open(url, options=options, timeout=(open_timeout_s, None))
 
 
+def to_bgr(frame: Any) -> Any:
+    """A decoded picture as an H×W×3 BGR array, converted on the calling thread alone.
+
+    PyAV (≥ 17) gives every decoded frame its own scaling context and by default one swscale thread per
+    core: each conversion started and joined a thread pool. A 1080p keyframe cost ~1.65 ms of CPU that way
+    against ~1.0 ms on one thread (``python -m benchmarks.bench_decode --skip file,rtsp,faults,gate``), and
+    its threads woke on cores the decoders and the detector were using. A reader already has a thread."""
+    return frame.to_ndarray(format="bgr24", threads=1)
+
+
 def _read_pause(now: float, packet_ts: float, next_key_ts: float, frame_iv: float, pause_s: float) -> float:
     """How long a keyframe-only reader may pause after a non-key packet captured at ``packet_ts``: only when
     it has caught up with the stream (read within a frame interval of capture), at most ``pause_s``, and
@@ -656,7 +666,7 @@ class Source:
                     wall0 += last_ts + frame_iv - ts
                     ts = last_ts + frame_iv
                 last_ts = ts
-                image = last_image = f.to_ndarray(format="bgr24")
+                image = last_image = to_bgr(f)
                 qput(
                     Frame(
                         image=image,

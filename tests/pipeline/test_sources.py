@@ -18,7 +18,7 @@ from pipeline.config import Camera
 from pipeline.devtools.clips import parking_scene
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.redact import Redactor
-from pipeline.sources import Source, open_source
+from pipeline.sources import Source, open_source, to_bgr
 
 OFFLINE = (SourceState.STALLED, SourceState.BACKOFF, SourceState.CONNECTING)
 STALL_S = 2.0
@@ -193,6 +193,28 @@ def test_fast_keyframes_skip_deblocking_and_stay_faithful(
     # the same pictures, within what a viewer could tell apart (measured ~44 dB on 1080p CCTV)
     assert min(cv2.PSNR(a.image, b.image) for a, b in keyed[1:]) > 35.0
     assert any(not (a.image == b.image).all() for a, b in keyed[1:])  # the option took effect
+
+
+def test_pictures_convert_on_the_decoding_thread_alone(clip_factory: Callable[..., Path]) -> None:
+    """PyAV's default converts a frame with a swscale thread per core, a pool started for every frame; the
+    readers convert on their own thread (one per camera already), so the calling thread does all the work."""
+    import av
+
+    clip = clip_factory("keyframes_1080p_4s", seconds=4, fps=25, size=(1920, 1080), gop=25)
+    with av.open(str(clip)) as c:
+        st = c.streams.video[0]
+        keys = [p for p in c.demux(st) if p.is_keyframe and p.size]
+        cc = st.codec_context
+        # fresh frames: each keeps the scaling context of its first conversion, a repeat would pay less
+        frames = [f for _ in range(6) for p in keys for f in cc.decode(p)]
+    assert len(frames) >= 18
+    assert np.array_equal(to_bgr(frames[0]), frames[0].to_ndarray(format="bgr24"))
+    cpu0, own0 = time.process_time(), time.thread_time()
+    for f in frames[1:]:
+        image = to_bgr(f)
+    cpu, own = time.process_time() - cpu0, time.thread_time() - own0
+    assert image.shape == (1080, 1920, 3)
+    assert own >= 0.8 * cpu, f"this thread did {own / cpu:.0%} of the conversions' CPU"
 
 
 def test_long_gop_file_is_not_starved_before_its_second_keyframe(tmp_path: Path) -> None:
