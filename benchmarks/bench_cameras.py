@@ -38,7 +38,8 @@ What it does:
 5. ``--levers`` adds rows at a fixed N: full decode instead of keyframe-only, detection on the sub-stream,
    the static-scene gate on/off on the parking-lot clip (inference calls saved), the packet gate on a quiet
    camera (and that camera detecting on its sub-stream, its main stream connected only while needed),
-   precision variants listed in the manifest, one vs two inference threads, ORT intra-op threads and spinning.
+   precision variants listed in the manifest, one vs two inference threads, ORT intra-op threads and spinning,
+   admit without its bound on frame age (``no_age_bound``).
 
 The RTSP server's own CPU and how busy the whole machine was (``/proc/stat``) are recorded per trial: on a
 shared box the figures move with everyone else's load.
@@ -82,7 +83,7 @@ from benchmarks.common import (
     same_session,
     write_json,
 )
-from pipeline.config import DetectorConfig
+from pipeline.config import MAX_FRAME_AGE_S, DetectorConfig
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SERVER_SCRIPT = ROOT / "pipeline" / "devtools" / "rtsp_server.py"
@@ -345,6 +346,7 @@ class TrialSpec:
     precision: str = "auto"
     inference_threads: int = DetectorConfig().inference_threads  # the product's default
     max_batch: int | None = None  # cameras' frames per detector call; None: the supervisor's choice
+    max_frame_age_s: float | None = MAX_FRAME_AGE_S  # admit's bound (DetectorConfig); None: no bound
     intra_threads: int = 1
     spinning: bool = False
     square_input: bool = False  # stretch frames to the model's full square, as before the height was free
@@ -555,7 +557,11 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     stop = threading.Event()
     batch = cross_camera_batch([detector], spec.max_batch)
     scheduler = InferenceScheduler(
-        {spec.model: detector}, stop, threads=spec.inference_threads, max_batch=batch
+        {spec.model: detector},
+        stop,
+        threads=spec.inference_threads,
+        max_batch=batch,
+        max_age_s=spec.max_frame_age_s,
     )
     site = SiteConfig(timezone="Asia/Shanghai")
     events: list[str] = []
@@ -1167,6 +1173,12 @@ class Runner:
             "batch_8",
             "up to 8 cameras' frames per detector call (the default on a GPU provider; 1 on CPU)",
             max_batch=8,
+        )
+        lever(
+            "no_age_bound",
+            f"admit without its bound on a frame's age at pickup (detector.max_frame_age_s: null; default "
+            f"{MAX_FRAME_AGE_S} s)",
+            max_frame_age_s=None,
         )
         lever("intra_threads_2", "ORT intra-op threads 2 (per session)", intra_threads=2)
         lever("spinning_on", "ORT intra-op thread spinning allowed (intra 2)", intra_threads=2, spinning=True)

@@ -13,6 +13,7 @@ does this).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.config import MAX_FRAME_AGE_S
 from pipeline.detections import Detections
 from pipeline.protocols import Detector, Frame
 
@@ -35,12 +37,6 @@ Done = Callable[[Frame, Detections], None]
 PRESSURE_ALPHA = 0.02
 PRESSURE_ON = 0.5
 PRESSURE_OFF = 0.15
-# admit(): a due frame is not decoded when it would be older than this by the time an inference thread
-# takes it (its age now + the wait behind the frames already queued). Past capacity every camera's frame
-# used to queue behind every other's: 76 cameras at 0.5 det/s on a box that serves 61, ~22 detector calls a
-# second, frames ~3.5 s old when detected, hardly one result within 2 s of its frame. 1.2 s leaves ~0.8 s of
-# a 2 s frame-to-event target for detection and the event; 1.7 s no longer bounded latency past capacity.
-MAX_AGE_S = 1.2
 FRAME_TIME_ALPHA = 0.1  # the weight of one batch in the running estimate of a frame's detection time
 
 
@@ -102,7 +98,7 @@ class InferenceScheduler:
         threads: int = 1,
         stuck_after_s: float = 30.0,
         max_batch: int = 1,
-        max_age_s: float = MAX_AGE_S,
+        max_age_s: float | None = MAX_FRAME_AGE_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -122,7 +118,9 @@ class InferenceScheduler:
         self._abandoned: set[int] = set()  # idents of stuck threads replaced by restart_stuck()
         self._started = False
         self._pressure = 0.0  # see admit()
-        self.max_age_s = max_age_s
+        # admit(): a due frame is not decoded when it would be older than this by the time an inference
+        # thread takes it (its age now + the wait behind the frames already queued); None: no bound
+        self.max_age_s = math.inf if max_age_s is None else max_age_s
         self._n_threads = max(1, threads)
         self._frame_s = 0.0  # running estimate of one frame's detection time (wall: under the box's load)
         self.behind = False  # admit() is shedding decodes: the detector has been behind its cameras

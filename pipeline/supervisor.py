@@ -109,6 +109,7 @@ class Supervisor:
             threads=cfg.detector.inference_threads,
             stuck_after_s=self.stuck_after_s,
             max_batch=cross_camera_batch(self.detectors.values(), cfg.detector.max_batch),
+            max_age_s=cfg.detector.max_frame_age_s,
         )
         self.plates = self._plate_service()
         factory = self.source_factory or self._open_source

@@ -224,6 +224,22 @@ class RecordingApi:
         self.stop()
 
 
+# Two file cameras with a fire lane each, for supervisor tests (``.format(data=DATA_DIR)``).
+TWO_CAMERAS_CONFIG = """
+site: {{id: s, timezone: Asia/Shanghai}}
+storage: {{data_dir: {data}}}
+cameras:
+  - id: cam-a
+    name: A
+    source: {{path: a.mp4}}
+    zones: [{{id: z, type: fire_lane, polygon: [[0, 0], [60, 0], [60, 40], [0, 40]]}}]
+  - id: cam-b
+    name: B
+    source: {{path: b.mp4}}
+    zones: [{{id: z, type: fire_lane, polygon: [[0, 0], [60, 0], [60, 40], [0, 40]]}}]
+"""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
     import socket

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import ConfigError, FileSource, RtspSource, ZoneType, config_schema, parse_config
+from pipeline.config import (
+    MAX_FRAME_AGE_S,
+    ConfigError,
+    FileSource,
+    RtspSource,
+    ZoneType,
+    config_schema,
+    parse_config,
+)
 
 GOOD = """\
 site:
@@ -114,6 +122,16 @@ def test_detector_batch_is_bounded_and_named() -> None:
     line = GOOD.count("\n") + 1
     messages = _errors(GOOD + "detector:\n  max_batch: 0\n")
     want = f"detector.max_batch: Input should be greater than or equal to 1 (line {line + 1})"
+    assert any(m.startswith(want) for m in messages), messages
+
+
+def test_frame_age_bound_is_positive_or_off() -> None:
+    assert parse_config(GOOD).detector.max_frame_age_s == MAX_FRAME_AGE_S
+    assert parse_config(GOOD + "detector: {max_frame_age_s: 2.5}\n").detector.max_frame_age_s == 2.5
+    assert parse_config(GOOD + "detector: {max_frame_age_s: null}\n").detector.max_frame_age_s is None
+    line = GOOD.count("\n") + 1
+    messages = _errors(GOOD + "detector:\n  max_frame_age_s: 0\n")
+    want = f"detector.max_frame_age_s: Input should be greater than 0 (line {line + 1})"
     assert any(m.startswith(want) for m in messages), messages
 
 

@@ -21,7 +21,7 @@ from pipeline.inference import InferenceScheduler
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.redact import Redactor
 from pipeline.supervisor import Supervisor
-from tests.fakes import MemorySink
+from tests.fakes import TWO_CAMERAS_CONFIG, MemorySink
 
 log = logging.getLogger(__name__)
 
@@ -165,26 +165,11 @@ def test_stuck_detector_is_detected_and_its_thread_replaced() -> None:
     assert sched.restarts == 1
 
 
-CONFIG = """
-site: {{id: s, timezone: Asia/Shanghai}}
-storage: {{data_dir: {data}}}
-cameras:
-  - id: cam-a
-    name: A
-    source: {{path: a.mp4}}
-    zones: [{{id: z, type: fire_lane, polygon: [[0, 0], [60, 0], [60, 40], [0, 40]]}}]
-  - id: cam-b
-    name: B
-    source: {{path: b.mp4}}
-    zones: [{{id: z, type: fire_lane, polygon: [[0, 0], [60, 0], [60, 40], [0, 40]]}}]
-"""
-
-
 def test_supervisor_restarts_a_stuck_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.supervisor as supervisor_mod
 
     monkeypatch.setattr(supervisor_mod, "STATUS_EVERY_S", 0.2)
-    cfg = parse_config(CONFIG.format(data=tmp_path / "var"))
+    cfg = parse_config(TWO_CAMERAS_CONFIG.format(data=tmp_path / "var"))
     stop = threading.Event()
     det = StuckOnceDetector(0.02, stuck_on=4)
     sources: list[PacedSource] = []
