@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import random
 import threading
@@ -89,7 +88,6 @@ _SELF_DESCRIBING_CODECS = frozenset({"h264", "hevc"})  # parameter sets in band 
 _PAUSE_MARGIN_S = 0.04  # a read pause ends this long before the next keyframe's capture time
 _PAUSE_MIN_S = 0.02  # shorter pauses save nothing
 _STALE_MARGIN_S = 0.3  # behind by a keyframe interval and this much: the next keyframe is surely in
-_READER_NICE = 5  # reader threads run this much nicer than the process (see _yield_to_the_detector)
 
 
 class _Fault(Exception):
@@ -146,19 +144,6 @@ def to_bgr(frame: Any) -> Any:
     against ~1.0 ms on one thread (``python -m benchmarks.bench_decode --skip file,rtsp,faults,gate``), and
     its threads woke on cores the decoders and the detector were using. A reader already has a thread."""
     return frame.to_ndarray(format="bgr24", threads=1)
-
-
-def _yield_to_the_detector() -> None:
-    """Lower the calling reader thread's CPU priority (Linux: a thread's nice value is its own).
-
-    On a saturated box every camera's reader decodes while two inference threads wait for a core: a frame
-    already decoded then waited behind other cameras' decodes, was replaced unseen, or came late. With the
-    readers niced the detector and what follows it (tracker, rules, stills, the API's threads in one
-    process) run first, and a reader that falls behind sheds keyframes before decoding them (``_stale``,
-    ``admit``) instead of after."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: nothing to do
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + _READER_NICE))
 
 
 def _read_pause(now: float, packet_ts: float, next_key_ts: float, frame_iv: float, pause_s: float) -> float:
@@ -405,7 +390,6 @@ class Source:
                 self._q.get_nowait()
 
     def _run(self) -> None:
-        _yield_to_the_detector()
         failures = 0
         attempt = 0
         looping = False  # a file starting its next pass: not a reconnect

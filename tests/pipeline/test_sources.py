@@ -136,24 +136,6 @@ def test_file_keyframe_mode_yields_about_detect_fps(parking_clip: Path, no_threa
     assert st.state is SourceState.STOPPED and st.frames == len(frames) and st.reason == "end of file"
 
 
-def test_readers_run_nicer_than_the_detector_threads(parking_clip: Path) -> None:
-    """A reader (decoding) thread yields the CPU to the process's other threads (inference, API) when the box
-    is saturated: its nice value is above theirs."""
-    import os
-
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    src = Source(parking_clip, camera_id="nicer", detect_fps=1.0, loop=True, realtime=True)
-    try:
-        frames = src.frames()
-        next(frames)
-        reader = next(t for t in threading.enumerate() if t.name == "source-nicer")
-        assert reader.native_id is not None
-        assert os.getpriority(os.PRIO_PROCESS, reader.native_id) == min(19, mine + 5)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # only the reader's own
-    finally:
-        src.close()
-
-
 def test_file_keyframe_mode_decodes_only_keyframes(
     parking_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
