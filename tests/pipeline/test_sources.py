@@ -201,20 +201,22 @@ def test_pictures_convert_on_the_decoding_thread_alone(clip_factory: Callable[..
     import av
 
     clip = clip_factory("keyframes_1080p_4s", seconds=4, fps=25, size=(1920, 1080), gop=25)
+    shares: list[float] = []
     with av.open(str(clip)) as c:
         st = c.streams.video[0]
         keys = [p for p in c.demux(st) if p.is_keyframe and p.size]
         cc = st.codec_context
-        # fresh frames: each keeps the scaling context of its first conversion, a repeat would pay less
-        frames = [f for _ in range(6) for p in keys for f in cc.decode(p)]
-    assert len(frames) >= 18
-    assert np.array_equal(to_bgr(frames[0]), frames[0].to_ndarray(format="bgr24"))
-    cpu0, own0 = time.process_time(), time.thread_time()
-    for f in frames[1:]:
-        image = to_bgr(f)
-    cpu, own = time.process_time() - cpu0, time.thread_time() - own0
-    assert image.shape == (1080, 1920, 3)
-    assert own >= 0.8 * cpu, f"this thread did {own / cpu:.0%} of the conversions' CPU"
+        for _ in range(3):  # the best of three: another test's thread winding down may take CPU meanwhile
+            # fresh frames: each keeps the scaling context of its first conversion, a repeat would pay less
+            frames = [f for _ in range(6) for p in keys for f in cc.decode(p)]
+            assert len(frames) >= 18
+            assert np.array_equal(to_bgr(frames[0]), frames[0].to_ndarray(format="bgr24"))
+            cpu0, own0 = time.process_time(), time.thread_time()
+            for f in frames[1:]:
+                image = to_bgr(f)
+            shares.append((time.thread_time() - own0) / max(time.process_time() - cpu0, 1e-9))
+            assert image.shape == (1080, 1920, 3)
+    assert max(shares) >= 0.8, f"this thread did {max(shares):.0%} of the conversions' CPU at best"
 
 
 def test_long_gop_file_is_not_starved_before_its_second_keyframe(tmp_path: Path) -> None:
