@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from pipeline.detections import VEHICLE, Detections
 from pipeline.errors import PermanentSinkError, SinkError
 from pipeline.events import Event
 
@@ -222,6 +226,22 @@ class RecordingApi:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SlowDetector:
+    """A Detector that takes ``delay_s`` a call and finds one vehicle in every image; counts its calls."""
+
+    name = "slow"
+    sha256 = None
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return [Detections(np.array([[1, 2, 30, 40]]), np.array([0.9]), np.array([VEHICLE])) for _ in images]
 
 
 # Two file cameras with a fire lane each, for supervisor tests (``.format(data=DATA_DIR)``).

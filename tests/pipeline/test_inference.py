@@ -13,20 +13,7 @@ import pytest
 from pipeline.detections import VEHICLE, Detections
 from pipeline.inference import InferenceScheduler, merge
 from pipeline.protocols import Frame
-
-
-class SlowDetector:
-    name = "slow"
-    sha256 = None
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.calls = 0
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        self.calls += 1
-        time.sleep(self.delay_s)
-        return [Detections(np.array([[1, 2, 30, 40]]), np.array([0.9]), np.array([VEHICLE])) for _ in images]
+from tests.fakes import SlowDetector
 
 
 class FailingDetector(SlowDetector):

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.config import MAX_FRAME_AGE_S, Camera, parse_config
-from pipeline.detections import Detections
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.redact import Redactor
 from pipeline.supervisor import Supervisor
-from tests.fakes import TWO_CAMERAS_CONFIG, MemorySink
-
-
-class NoDetector:
-    name = "none"
-    sha256 = None
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return [Detections.empty() for _ in images]
+from tests.fakes import TWO_CAMERAS_CONFIG, MemorySink, SlowDetector
 
 
 class SilentSource:
@@ -66,7 +56,7 @@ def test_the_frame_age_bound_comes_from_the_detector_config(
         stop,
         Redactor(),
         sink=MemorySink(),
-        detectors={"vehicles": NoDetector()},  # type: ignore[dict-item]
+        detectors={"vehicles": SlowDetector(0.0)},  # type: ignore[dict-item]
         source_factory=factory,
         plate_reading=False,
     )

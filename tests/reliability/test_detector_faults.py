@@ -16,28 +16,14 @@ import numpy as np
 import pytest
 
 from pipeline.config import Camera, parse_config
-from pipeline.detections import VEHICLE, Detections
+from pipeline.detections import Detections
 from pipeline.inference import InferenceScheduler
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.redact import Redactor
 from pipeline.supervisor import Supervisor
-from tests.fakes import TWO_CAMERAS_CONFIG, MemorySink
+from tests.fakes import TWO_CAMERAS_CONFIG, MemorySink, SlowDetector
 
 log = logging.getLogger(__name__)
-
-
-class SlowDetector:
-    name = "slow"
-    sha256 = None
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.calls = 0
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        self.calls += 1
-        time.sleep(self.delay_s)
-        return [Detections(np.array([[1, 2, 30, 40]]), np.array([0.9]), np.array([VEHICLE])) for _ in images]
 
 
 class StuckOnceDetector(SlowDetector):
