@@ -94,9 +94,10 @@ def photos(ref: OnnxDetector, threshold: float, limit: int) -> tuple[list[Image]
     names: list[str] = []
     for d in PHOTO_DIRS:
         for path in sorted(p for p in d.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None or min(image.shape[:2]) < 200:
+            read = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if read is None or min(read.shape[:2]) < 200:
                 continue
+            image = read.astype(np.uint8, copy=False)  # OpenCV 5's stubs type imread's result loosely
             dets = ref.detect([image])[0]
             if ((dets.class_id == VEHICLE) & (dets.confidence >= threshold)).any():
                 found.append(image)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     timed = {key(*c): candidate(*c) for c in CANDIDATES}
-    hd = [cv2.resize(im, (1920, 1080)) for im in sets["vtest_16x9"]]
+    hd = [cv2.resize(im, (1920, 1080)).astype(np.uint8, copy=False) for im in sets["vtest_16x9"]]
     images = hd[:: max(1, len(hd) // args.timing_images)][: args.timing_images]
     ms = time_ms(list(timed.values()), images, args.repeats)
     latency = {k: round(v, 2) for k, v in zip(timed, ms, strict=True)}
