@@ -57,6 +57,11 @@ class CameraStatusIn(_In):
     undecoded: Count | None = None  # keyframes the packet gate let go undecoded
     detector_ms: Annotated[Finite, Field(ge=0, le=3_600_000)] | None = None
     outbox_depth: Count | None = None
+    # is the detector keeping up with the camera (pipeline/lag.py): p95 capture → result over the last 30 s,
+    # the share of due frames shed undetected, and the verdict: a box past capacity still runs every camera
+    result_age_ms: Annotated[Finite, Field(ge=-3_600_000, le=3_600_000)] | None = None
+    shed_share: Annotated[Finite, Field(ge=0, le=1)] | None = None
+    behind: bool | None = None
     # the main stream, where detection runs on the camera's sub-stream (its stills come from there)
     evidence_state: CameraState | None = None
     evidence_reason: Annotated[str, StringConstraints(max_length=500)] | None = None
@@ -212,7 +217,7 @@ class CameraPublic(_Public):
     name: str
     grid: str | None = None
     state: str
-    health: Literal["ok", "degraded", "offline", "unknown"]
+    health: Literal["ok", "behind", "degraded", "offline", "unknown"]
     reason: str | None = None
     last_frame_at: datetime | None = None
     fps: float = 0.0

@@ -640,8 +640,11 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         _stagger(i, spec)
         w.start()
 
+    behind: list[int] = []  # cameras the pipeline itself reported behind (pipeline/lag.py), at each count
+
     def counters() -> dict[str, int]:
         st = [w.status() for w in workers]
+        behind.append(sum(bool(s.lag and s.lag.behind) for s in st))
         return {
             "detections": sum(s.detections for s in st),
             "gated": sum(s.gated for s in st),
@@ -675,6 +678,9 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             "max_batch": batch,
             "events": lambda: len(events),
             "event_to_api_s": (lambda: to_api.summary()) if to_api else None,
+            # the pipeline's own verdict at the window's end (its last 30 s ≈ the window), beside the bench's:
+            # a box past capacity should say so on its dashboard
+            "cameras_reported_behind": lambda: behind[-1] if behind else None,
         },
         partial(_wind_down, workers, to_api),
     )

@@ -20,6 +20,7 @@ from pipeline.health import CameraHealth
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
 from pipeline.journal import IncidentJournal
+from pipeline.lag import Lag
 from pipeline.plate_service import PlateService
 from pipeline.protocols import Detector, FrameSource
 from pipeline.redact import Redactor
@@ -73,6 +74,7 @@ class Supervisor:
     workers: list[CameraWorker] = field(default_factory=list)
     _model_errors: dict[str, str] = field(default_factory=dict)
     _bays_sent: dict[tuple[str, str], tuple[object, float]] = field(default_factory=dict)  # last accepted
+    _behind: set[str] = field(default_factory=set)  # cameras the detector is not keeping up with
 
     def start(self) -> None:
         from pipeline.detection import cross_camera_batch
@@ -238,6 +240,7 @@ class Supervisor:
             if put_status is not None:
                 cam = self.config.camera(cam_id)
                 put_status(cam_id, {"name": cam.name, "state": "stopped", "reason": reason[:480]})
+        lags: dict[str, Lag] = {}
         for w in self.workers:
             st = w.status()
             event: Event | None = self.health[w.camera.id].update(st.source, now_wall, now_mono)
@@ -259,13 +262,40 @@ class Supervisor:
                 "detector_ms": st.detector_ms,
                 "outbox_depth": self.outbox.depth(),
             }
+            if st.lag is not None:
+                lags[w.camera.id] = st.lag
+                age, share = st.lag.result_age_s, st.lag.shed_share
+                payload["result_age_ms"] = None if age is None else round(age * 1000)
+                payload["shed_share"] = None if share is None else round(share, 3)
+                payload["behind"] = st.lag.behind
             if st.evidence is not None:  # the main stream, where detection runs on a sub-stream
                 payload["evidence_state"] = st.evidence.state.value
                 why = st.evidence.reason
                 payload["evidence_reason"] = f"main stream: {self.redactor.redact(why)}" if why else None
             if put_status is not None:
                 put_status(w.camera.id, payload)
+        self._log_lag(lags)
         self.report_bays(now_mono)
+
+    def _log_lag(self, lags: dict[str, Lag]) -> None:
+        """Say once when cameras fall behind (the box carries more than it serves) and when they recover."""
+        behind = {c for c, lag in lags.items() if lag.behind}
+        if behind - self._behind:
+            worst = max(behind, key=lambda c: (lags[c].shed_share or 0.0, lags[c].result_age_s or 0.0))
+            lag = lags[worst]
+            log.warning(
+                "detector behind on %d of %d camera(s) (%s): results p95 %s after capture, %s of due frames "
+                "shed on %s; the box is past its capacity (README: Performance)",
+                len(behind),
+                len(lags),
+                ", ".join(sorted(behind)[:8]) + (" …" if len(behind) > 8 else ""),
+                "?" if lag.result_age_s is None else f"{lag.result_age_s:.1f} s",
+                "?" if lag.shed_share is None else f"{lag.shed_share:.0%}",
+                worst,
+            )
+        if self._behind and not behind:
+            log.info("detector keeping up with every camera again")
+        self._behind = behind
 
     def report_bays(self, now_mono: float | None = None) -> int:
         """Send each parking bay's occupancy (``sink.put_bay``, best effort) when it changed since it was last

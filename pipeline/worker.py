@@ -22,8 +22,9 @@ from pipeline.evidence_stream import EvidenceFactory, EvidenceStream, open_evide
 from pipeline.gate import SceneGate
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
+from pipeline.lag import Lag, LagMeter
 from pipeline.packet_gate import PacketGate, PacketGateStatus
-from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
+from pipeline.protocols import Clock, Frame, FrameSource, SourceState, SourceStatus, SystemClock
 from pipeline.rules.base import RuleSignal
 from pipeline.rules.bays import BayState
 from pipeline.sources import Source
@@ -69,6 +70,7 @@ class WorkerStatus:
     carried: int = 0  # due keyframes the packet gate let go undecoded
     packet_gate: PacketGateStatus | None = None
     evidence: SourceStatus | None = None  # the main stream, where detection runs on a sub-stream
+    lag: Lag | None = None  # is the detector keeping up with this camera (pipeline/lag.py)
 
 
 class CameraWorker:
@@ -83,6 +85,7 @@ class CameraWorker:
         rules: list[Rule] | None = None,
         tracker: object | None = None,
         evidence_factory: EvidenceFactory | None = None,
+        clock: Clock | None = None,
     ) -> None:
         from pipeline.tracking import Tracker
 
@@ -110,6 +113,11 @@ class CameraWorker:
         self._detections = 0
         self._gated = 0
         self._crashes = 0
+        self.clock = clock or SystemClock()
+        self.lag = LagMeter()
+        # a frame's ts is its capture time on the wall clock only where the source runs in real time
+        src = camera.source
+        self._live = not isinstance(src, FileSource) or src.realtime
         self._bays: dict[str, tuple[BayState, float]] = {}  # zone id -> (latest state, stream ts)
         # Detecting on a sub-stream: the main stream gives the stills, and its size maps detections into the
         # pixels the zones are drawn in.
@@ -202,6 +210,8 @@ class CameraWorker:
     def _on_detections(self, frame: Frame, dets: Detections) -> None:
         sx, sy = self._scale(frame)
         self._apply(frame, dets if sx == sy == 1.0 else dets.scaled(sx, sy), detected=True)
+        if self._live:
+            self.lag.result(self.clock.monotonic(), self.clock.time() - frame.ts)
 
     def _scale(self, frame: Frame) -> tuple[float, float]:
         """From this frame's pixels to the main stream's (where zones are drawn): 1 without a sub-stream."""
@@ -259,16 +269,20 @@ class CameraWorker:
         src = self._source.status() if self._source is not None else None
         if src is None:
             src = SourceStatus(state=SourceState.CONNECTING, since=time.monotonic())
+        dropped = self.scheduler.dropped(self.camera.id) + src.dropped
+        now = self.clock.monotonic()
+        self.lag.counts(now, self._detections + self._gated + self._carried, dropped)
         return WorkerStatus(
             camera_id=self.camera.id,
             source=src,
             detections=self._detections,
             gated=self._gated,
-            dropped=self.scheduler.dropped(self.camera.id) + src.dropped,
+            dropped=dropped,
             crashes=self._crashes,
             detector_ms=self.scheduler.latency_ms(self.camera.id),
             last_detection_ts=self._last_det_ts,
             carried=self._carried,
             packet_gate=self.packet_gate.status() if self.packet_gate is not None else None,
             evidence=self.evidence.status() if self.evidence is not None else None,
+            lag=self.lag.lag(now),
         )

@@ -62,12 +62,15 @@ def audit_public(entry: dict[str, Any]) -> AuditPublic:
 def camera_public(row: dict[str, Any], rt: Runtime, now: datetime | None = None) -> CameraPublic:
     now = now or datetime.now(UTC)
     reported = row.get("reported_at")
+    stats = row.get("stats") or {}
     if reported is None:
         health = "unknown"
     elif (now - reported).total_seconds() > rt.settings.camera_stale_s or row["state"] == "stopped":
         health = "offline"
-    elif row["state"] == "running" and (row.get("stats") or {}).get("evidence_state") in (None, "running"):
-        health = "ok"  # detecting, and (where it detects on a sub-stream) its main stream gives stills
+    elif row["state"] == "running" and stats.get("evidence_state") in (None, "running"):
+        # detecting, and (where it detects on a sub-stream) its main stream gives stills; but late or
+        # shedding frames when the box carries more cameras than its detector serves
+        health = "behind" if stats.get("behind") else "ok"
     else:
         health = "degraded"
     return CameraPublic.model_validate({**row, "health": health})

@@ -3,7 +3,9 @@
 Who: admins, or a scraper with the dedicated bearer token (``api.metrics_token`` / ``PINGAN_METRICS_TOKEN``).
 Labels carry ids only (camera id, event type, state): never a URL, a key or a reason text.
 
-Per camera (from its latest status report): ``pingan_camera_up`` (1 when its health is ok), ``_fps``,
+Per camera (from its latest status report): ``pingan_camera_up`` (1 when it runs: health ok or behind),
+``_behind`` (1 when the detector is not keeping up with it), ``_result_age_seconds`` (p95 capture → result),
+``_shed_ratio`` (due frames shed undetected), ``_fps``,
 ``_frames_total``, ``_dropped_frames_total``, ``_gated_frames_total`` (detection skipped: static scene),
 ``_undecoded_keyframes_total`` (decoding skipped: the packet gate), ``_main_stream_up`` (sub-stream cameras),
 ``_detections_total``, ``_detector_latency_seconds``, ``_outbox_depth``, ``_reconnects_total``,
@@ -122,11 +124,32 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
     def stat(key: str) -> Any:
         return lambda row, _pub: (row.get("stats") or {}).get(key)
 
+    def seconds(key: str) -> Any:  # a stat reported in milliseconds
+        return lambda row, _pub: None if (ms := stat(key)(row, _pub)) is None else ms / 1000
+
     out.family(
         "pingan_camera_up",
         "gauge",
-        "1 when the camera reports and runs (health ok), else 0",
-        per_camera(lambda _r, p: int(p.health == "ok")),
+        "1 when the camera reports and runs (health ok or behind), else 0",
+        per_camera(lambda _r, p: int(p.health in ("ok", "behind"))),
+    )
+    out.family(
+        "pingan_camera_behind",
+        "gauge",
+        "1 when the detector is not keeping up with the camera (late results or shed frames): past capacity",
+        per_camera(lambda r, p: None if (v := stat("behind")(r, p)) is None else int(v)),
+    )
+    out.family(
+        "pingan_camera_result_age_seconds",
+        "gauge",
+        "p95 time from a frame's capture to its detections being applied, over the last 30 s",
+        per_camera(seconds("result_age_ms")),
+    )
+    out.family(
+        "pingan_camera_shed_ratio",
+        "gauge",
+        "share of due frames over the last 30 s that were shed before the detector saw them",
+        per_camera(stat("shed_share")),
     )
     out.family("pingan_camera_fps", "gauge", "frames per second read", per_camera(lambda r, _p: r["fps"]))
     out.family("pingan_camera_frames_total", "counter", "frames read", per_camera(lambda r, _p: r["frames"]))
@@ -159,7 +182,7 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
         "pingan_camera_detector_latency_seconds",
         "gauge",
         "recent detector latency per frame",
-        per_camera(lambda r, _p: None if (ms := stat("detector_ms")(r, _p)) is None else ms / 1000),
+        per_camera(seconds("detector_ms")),
     )
     out.family(
         "pingan_camera_outbox_depth",

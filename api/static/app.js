@@ -197,6 +197,14 @@
     var tile = el("div", { "class": "cam " + c.health, "data-camera-id": c.id, "data-health": c.health });
     tile.appendChild(el("strong", {}, c.name));
     tile.appendChild(el("small", {}, t("health." + c.health) + (c.fps ? " · " + c.fps.toFixed(1) + " fps" : "")));
+    var s = c.stats || {};
+    if (c.health === "behind") {  // the box carries more cameras than its detector serves: say how far behind
+      var lag = [];
+      if (s.result_age_ms != null) lag.push(t("lag.age") + " " + (s.result_age_ms / 1000).toFixed(1) + " s");
+      if (s.shed_share != null) lag.push(t("lag.shed") + " " + Math.round(s.shed_share * 100) + "%");
+      tile.title = t("lag.hint");
+      if (lag.length) tile.appendChild(el("small", { "class": "lag" }, lag.join(" · ")));
+    }
     if (c.reason) tile.appendChild(el("small", {}, c.reason));
     var old = grid.querySelector('[data-camera-id="' + c.id + '"]');
     if (old) grid.replaceChild(tile, old); else grid.appendChild(tile);

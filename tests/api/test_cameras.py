@@ -56,6 +56,29 @@ def test_a_dead_main_stream_degrades_a_camera_that_detects_on_its_sub_stream(api
     assert api_client.put(url, json=bad, headers=WORKER).status_code == 422
 
 
+def test_a_camera_the_detector_cannot_keep_up_with_is_behind(api_client, auth_headers):
+    """Past a box's capacity every camera still runs: its report says the detector is behind it."""
+    url = "/api/cameras/gate-east/status"
+
+    def health() -> dict:
+        cams = api_client.get("/api/cameras", headers=auth_headers("op")).json()
+        return next(c for c in cams if c["id"] == "gate-east")
+
+    late = dict(REPORT, result_age_ms=3400, shed_share=0.42, behind=True)
+    assert api_client.put(url, json=late, headers=WORKER).status_code == 204
+    cam = health()
+    assert cam["health"] == "behind"
+    assert cam["stats"]["result_age_ms"] == 3400 and cam["stats"]["shed_share"] == 0.42
+    keeping_up = dict(REPORT, result_age_ms=800, shed_share=0.0, behind=False)
+    assert api_client.put(url, json=keeping_up, headers=WORKER).status_code == 204
+    assert health()["health"] == "ok"
+    stalled_and_behind = dict(late, state="stalled")  # a stream that is down says that first
+    assert api_client.put(url, json=stalled_and_behind, headers=WORKER).status_code == 204
+    assert health()["health"] == "degraded"
+    for bad in ({"shed_share": 1.5}, {"shed_share": -0.1}, {"behind": "very"}, {"result_age_ms": "late"}):
+        assert api_client.put(url, json=dict(REPORT, **bad), headers=WORKER).status_code == 422, bad
+
+
 def test_status_input_is_checked(api_client, auth_headers):
     from tests.fixtures.api import OTHER_WORKER_KEY
 

@@ -149,3 +149,24 @@ def test_police_cannot_open_the_live_feed(browser, live_api: LiveServer) -> None
     status = page.evaluate("() => fetch('/api/events/stream').then(r => r.status)")
     assert status == 403
     assert not [e for e in errors if "403" not in e and "Failed to load resource" not in e], errors
+
+
+def test_a_camera_falling_behind_shows_on_the_dashboard(browser, live_api: LiveServer) -> None:
+    """A box past its capacity: the camera's tile turns to "behind" live, with how late and how much shed."""
+    errors: list[str] = []
+    page = _login(browser, live_api.url, "op", errors)
+    page.wait_for_selector('[data-camera-id="gate-east"]')
+    report = {"state": "running", "fps": 25.0, "frames": 900, "result_age_ms": 3400, "shed_share": 0.42}
+    with httpx.Client(base_url=live_api.url, headers=WORKER) as worker:
+        r = worker.put("/api/cameras/gate-east/status", json=dict(report, behind=True))
+        assert r.status_code == 204
+        tile = page.wait_for_selector('[data-camera-id="gate-east"][data-health="behind"]', timeout=3000)
+        assert tile is not None
+        text = tile.text_content() or ""
+        assert "处理滞后" in text and "结果延迟 3.4 s" in text and "丢帧 42%" in text
+        r = worker.put("/api/cameras/gate-east/status", json=dict(report, behind=False, shed_share=0.0))
+        assert r.status_code == 204
+        tile = page.wait_for_selector('[data-camera-id="gate-east"][data-health="ok"]', timeout=3000)
+        assert tile is not None and "丢帧" not in (tile.text_content() or "")
+    assert errors == []
+    page.close()

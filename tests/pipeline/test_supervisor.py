@@ -1,12 +1,14 @@
-"""What the supervisor takes from the configuration when it builds the shared detector's scheduler."""
+"""What the supervisor takes from the configuration for the shared detector, and what it reports of it."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.config import MAX_FRAME_AGE_S, Camera, parse_config
@@ -69,3 +71,59 @@ def test_the_frame_age_bound_comes_from_the_detector_config(
     finally:
         stop.set()
         sup.shutdown(timeout_s=5)
+
+
+class TickingSource:
+    """Live frames at ``fps``, stamped with their capture time on the wall clock."""
+
+    def __init__(self, stop: threading.Event, fps: float) -> None:
+        self.stop, self.fps = stop, fps
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        while not self.stop.wait(1 / self.fps):
+            yield Frame(np.zeros((40, 60, 3), np.uint8), time.time(), i)
+            i += 1
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(state=SourceState.RUNNING, since=0.0)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("delay_s", "behind"), [(0.0, False), (0.4, True)])
+def test_cameras_the_detector_cannot_keep_up_with_are_reported_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, delay_s: float, behind: bool
+) -> None:
+    """Two cameras due 10 frames a second each: a detector taking 0.4 s a call serves ~1 in 8 of them."""
+    cfg = parse_config(TWO_CAMERAS_CONFIG.format(data=tmp_path / "var"))
+    cameras = [c.model_copy(update={"static_gate": False}) for c in cfg.cameras]  # every frame is due
+    stop = threading.Event()
+    sink = MemorySink()
+    sup = Supervisor(
+        cfg,
+        cameras,
+        stop,
+        Redactor(),
+        sink=sink,
+        detectors={"vehicles": SlowDetector(delay_s)},  # type: ignore[dict-item]
+        source_factory=lambda camera, stop_: TickingSource(stop_, 10.0),
+        plate_reading=False,
+    )
+    sup.start()
+    try:
+        sup.report_status()
+        time.sleep(3.0)
+        sup.report_status()
+    finally:
+        stop.set()
+        sup.shutdown(timeout_s=5)
+    last = dict(sink.statuses)  # each camera's latest report
+    for cam in ("cam-a", "cam-b"):
+        report = last[cam]
+        assert report["behind"] is behind
+        assert report["shed_share"] is not None
+        assert (report["shed_share"] > 0.5) is behind
+        assert report["result_age_ms"] is not None and 0 <= report["result_age_ms"] < 2000
+    assert ("detector behind on 2 of 2 camera(s)" in caplog.text) is behind

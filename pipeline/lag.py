@@ -1,0 +1,70 @@
+"""Is the detector keeping up with a camera? The signal an operator needs when a box carries more cameras
+than it can serve (README, Performance): such a box does not fail, it sheds due frames and its results
+come later, so every camera still looks "running". ``LagMeter`` turns a worker's counters and its results'
+ages into a verdict over a sliding window; the worker reports it with the camera's status.
+
+Pure: every time is passed in (monotonic seconds for the window, ages in seconds).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW_S = 30.0  # judged over this much time: ~30 due frames at 1 det/s (one status interval is too few)
+LATE_S = 2.0  # p95 frame → result above this is late (the latency the benchmarks hold a box to)
+SHED_SHARE = 0.1  # more than this share of due frames shed (never detected) is falling behind
+MIN_RESULTS = 5  # fewer results in the window say nothing about their p95
+MIN_DUE = 10  # nor fewer due frames about the share shed
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    result_age_s: float | None  # p95 capture → result over the window; None: too few results, or not live
+    shed_share: float | None  # due frames shed ÷ due frames over the window; None: too few due frames
+    behind: bool
+
+
+class LagMeter:
+    """``result(now, age_s)`` for each detector result; ``counts(now, handled, shed)`` with the camera's
+    cumulative counters (due frames that got a result — detected, gated or carried — and due frames shed:
+    refused or replaced before the detector saw them) whenever status is taken; ``lag(now)`` judges."""
+
+    def __init__(
+        self,
+        window_s: float = WINDOW_S,
+        late_s: float = LATE_S,
+        shed_share: float = SHED_SHARE,
+    ) -> None:
+        self.window_s = window_s
+        self.late_s = late_s
+        self.max_shed_share = shed_share
+        self._ages: deque[tuple[float, float]] = deque(maxlen=512)
+        self._counts: deque[tuple[float, int, int]] = deque()
+
+    def result(self, now: float, age_s: float) -> None:
+        self._ages.append((now, age_s))
+
+    def counts(self, now: float, handled: int, shed: int) -> None:
+        if self._counts and (handled < self._counts[-1][1] or shed < self._counts[-1][2]):
+            self._counts.clear()  # counters started again (a restarted worker): the old window means nothing
+        self._counts.append((now, handled, shed))
+        # keep one snapshot at or before the window's start, so the window is covered whole
+        while len(self._counts) > 2 and self._counts[1][0] <= now - self.window_s:
+            self._counts.popleft()
+
+    def lag(self, now: float) -> Lag:
+        start = now - self.window_s
+        # result() runs on inference threads: list() copies the deque in one step under the GIL
+        ages = [a for t, a in list(self._ages) if t >= start]
+        age = float(np.percentile(ages, 95)) if len(ages) >= MIN_RESULTS else None
+        share = None
+        if len(self._counts) >= 2:
+            (_, h0, s0), (_, h1, s1) = self._counts[0], self._counts[-1]
+            due = (h1 - h0) + (s1 - s0)
+            share = (s1 - s0) / due if due >= MIN_DUE else None
+        late = age is not None and age > self.late_s
+        shedding = share is not None and share > self.max_shed_share
+        return Lag(result_age_s=age, shed_share=share, behind=late or shedding)
