@@ -17,6 +17,9 @@ WINDOW_S = 30.0  # judged over this much time: ~30 due frames at 1 det/s (one st
 LATE_S = 2.0  # p95 frame → result above this is late (the latency the benchmarks hold a box to)
 SHED_SHARE = 0.1  # more than this share of due frames shed (never detected) is falling behind
 MIN_RESULTS = 5  # fewer results in the window say nothing about their p95
+# A camera judged behind is cleared only once both figures are back under this share of their bounds: at a
+# box's knee they hover around the bounds, and the dashboard tile would flip with every status report.
+RECOVER = 0.6
 MIN_DUE = 10  # nor fewer due frames about the share shed
 
 
@@ -30,7 +33,8 @@ class Lag:
 class LagMeter:
     """``result(now, age_s)`` for each detector result; ``counts(now, handled, shed)`` with the camera's
     cumulative counters (due frames that got a result — detected, gated or carried — and due frames shed:
-    refused or replaced before the detector saw them) whenever status is taken; ``lag(now)`` judges."""
+    refused or replaced before the detector saw them) whenever status is taken; ``lag(now)`` judges, with
+    hysteresis (``RECOVER``): call it from one thread, the one that takes status."""
 
     def __init__(
         self,
@@ -43,6 +47,7 @@ class LagMeter:
         self.max_shed_share = shed_share
         self._ages: deque[tuple[float, float]] = deque(maxlen=512)
         self._counts: deque[tuple[float, int, int]] = deque()
+        self._behind = False
 
     def result(self, now: float, age_s: float) -> None:
         self._ages.append((now, age_s))
@@ -67,4 +72,8 @@ class LagMeter:
             share = (s1 - s0) / due if due >= MIN_DUE else None
         late = age is not None and age > self.late_s
         shedding = share is not None and share > self.max_shed_share
-        return Lag(result_age_s=age, shed_share=share, behind=late or shedding)
+        clear = (age is None or age <= RECOVER * self.late_s) and (
+            share is None or share <= RECOVER * self.max_shed_share
+        )
+        self._behind = late or shedding or (self._behind and not clear)
+        return Lag(result_age_s=age, shed_share=share, behind=self._behind)

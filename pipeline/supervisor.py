@@ -29,6 +29,7 @@ from pipeline.worker import CameraWorker
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
+LAG_REPEAT_S = 300.0  # while cameras stay behind, the warning is repeated this often (not every status)
 BAY_EVERY_S = 30.0  # parking-bay occupancy is sent on change and at least this often
 
 
@@ -74,7 +75,8 @@ class Supervisor:
     workers: list[CameraWorker] = field(default_factory=list)
     _model_errors: dict[str, str] = field(default_factory=dict)
     _bays_sent: dict[tuple[str, str], tuple[object, float]] = field(default_factory=dict)  # last accepted
-    _behind: set[str] = field(default_factory=set)  # cameras the detector is not keeping up with
+    _behind_since: float | None = None  # monotonic: since when some camera has been behind
+    _lag_told: float = 0.0  # monotonic: when that was last logged
 
     def start(self) -> None:
         from pipeline.detection import cross_camera_batch
@@ -274,28 +276,32 @@ class Supervisor:
                 payload["evidence_reason"] = f"main stream: {self.redactor.redact(why)}" if why else None
             if put_status is not None:
                 put_status(w.camera.id, payload)
-        self._log_lag(lags)
+        self._log_lag(lags, now_mono)
         self.report_bays(now_mono)
 
-    def _log_lag(self, lags: dict[str, Lag]) -> None:
-        """Say once when cameras fall behind (the box carries more than it serves) and when they recover."""
-        behind = {c for c, lag in lags.items() if lag.behind}
-        if behind - self._behind:
+    def _log_lag(self, lags: dict[str, Lag], now_mono: float) -> None:
+        """Warn when cameras fall behind (the box carries more than it serves), again every ``LAG_REPEAT_S``
+        while they stay behind, and say when all have recovered."""
+        behind = sorted(c for c, lag in lags.items() if lag.behind)
+        if behind and (self._behind_since is None or now_mono - self._lag_told >= LAG_REPEAT_S):
+            self._behind_since = self._behind_since if self._behind_since is not None else now_mono
+            self._lag_told = now_mono
             worst = max(behind, key=lambda c: (lags[c].shed_share or 0.0, lags[c].result_age_s or 0.0))
-            lag = lags[worst]
+            age, share = lags[worst].result_age_s, lags[worst].shed_share
             log.warning(
-                "detector behind on %d of %d camera(s) (%s): results p95 %s after capture, %s of due frames "
-                "shed on %s; the box is past its capacity (README: Performance)",
+                "detector behind on %d of %d camera(s) for %.0f s (%s): worst %s, results p95 %s after "
+                "capture, %s of due frames shed; the box is past its capacity (README: Performance)",
                 len(behind),
                 len(lags),
-                ", ".join(sorted(behind)[:8]) + (" …" if len(behind) > 8 else ""),
-                "?" if lag.result_age_s is None else f"{lag.result_age_s:.1f} s",
-                "?" if lag.shed_share is None else f"{lag.shed_share:.0%}",
+                now_mono - self._behind_since,
+                ", ".join(behind[:8]) + (" …" if len(behind) > 8 else ""),
                 worst,
+                "?" if age is None else f"{age:.1f} s",
+                "?" if share is None else f"{share:.0%}",
             )
-        if self._behind and not behind:
-            log.info("detector keeping up with every camera again")
-        self._behind = behind
+        elif not behind and self._behind_since is not None:
+            log.info("detector keeping up with all cameras again after %.0f s", now_mono - self._behind_since)
+            self._behind_since = None
 
     def report_bays(self, now_mono: float | None = None) -> int:
         """Send each parking bay's occupancy (``sink.put_bay``, best effort) when it changed since it was last

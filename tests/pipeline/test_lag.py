@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.lag import LATE_S, MIN_DUE, MIN_RESULTS, SHED_SHARE, WINDOW_S, LagMeter
+from pipeline.lag import LATE_S, MIN_DUE, MIN_RESULTS, RECOVER, SHED_SHARE, WINDOW_S, LagMeter
 
 
 def test_nothing_seen_says_nothing() -> None:
@@ -64,6 +64,19 @@ def test_counters_that_start_again_start_a_new_window() -> None:
     assert lag.shed_share == 0.0 and not lag.behind
 
 
+def test_a_camera_hovering_at_the_bound_stays_behind_until_clearly_back() -> None:
+    m = LagMeter()
+    m.counts(0.0, 0, 0)
+    handled = shed = 0
+    verdicts = []
+    # 30 s windows of 100 due frames each, shedding 12, 8, 12, 8, then 3 of them
+    for t, n_shed in zip(range(30, 181, 30), (12, 8, 12, 8, 3, 3), strict=True):
+        handled, shed = handled + 100 - n_shed, shed + n_shed
+        m.counts(float(t), handled, shed)
+        verdicts.append(m.lag(float(t)).behind)
+    assert verdicts == [True, True, True, True, False, False]
+
+
 # counter steps: (seconds later, due frames handled, due frames shed)
 steps = st.lists(
     st.tuples(st.floats(0.1, 20.0), st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=40
@@ -81,7 +94,10 @@ def test_the_share_shed_is_a_share_and_judged_against_the_bound(seq: list[tuple[
         lag = m.lag(now)
         if lag.shed_share is not None:
             assert 0.0 <= lag.shed_share <= 1.0
-        assert lag.behind is (lag.shed_share is not None and lag.shed_share > SHED_SHARE)
+        if lag.shed_share is not None and lag.shed_share > SHED_SHARE:
+            assert lag.behind
+        if lag.shed_share is None or lag.shed_share <= RECOVER * SHED_SHARE:
+            assert not lag.behind  # no results' ages here: the share alone decides
 
 
 @given(steps, st.lists(st.floats(-0.5, LATE_S), max_size=60))

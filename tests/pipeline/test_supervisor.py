@@ -127,3 +127,24 @@ def test_cameras_the_detector_cannot_keep_up_with_are_reported_behind(
         assert (report["shed_share"] > 0.5) is behind
         assert report["result_age_ms"] is not None and 0 <= report["result_age_ms"] < 2000
     assert ("detector behind on 2 of 2 camera(s)" in caplog.text) is behind
+
+
+def test_falling_behind_is_logged_once_then_every_few_minutes_and_recovery_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.lag import Lag
+    from pipeline.supervisor import LAG_REPEAT_S
+
+    cfg = parse_config(TWO_CAMERAS_CONFIG.format(data=tmp_path / "var"))
+    sup = Supervisor(cfg, list(cfg.cameras), threading.Event(), Redactor())
+    late, fine = Lag(3.1, 0.4, True), Lag(0.5, 0.0, False)
+    caplog.set_level("INFO", logger="pipeline.supervisor")
+    for t in (0.0, 2.0, 4.0, LAG_REPEAT_S - 1, LAG_REPEAT_S + 1):  # behind at each status, for 5 minutes
+        sup._log_lag({"cam-a": late, "cam-b": fine}, t)
+    sup._log_lag({"cam-a": fine, "cam-b": fine}, LAG_REPEAT_S + 3)
+    sup._log_lag({"cam-a": fine, "cam-b": fine}, LAG_REPEAT_S + 5)
+    said = [r.getMessage() for r in caplog.records if r.name == "pipeline.supervisor"]
+    assert said[0].startswith("detector behind on 1 of 2 camera(s) for 0 s (cam-a): worst cam-a")
+    assert "3.1 s after capture, 40% of due frames shed" in said[0]
+    assert said[1].startswith(f"detector behind on 1 of 2 camera(s) for {LAG_REPEAT_S + 1:.0f} s")
+    assert said[2:] == [f"detector keeping up with all cameras again after {LAG_REPEAT_S + 3:.0f} s"]
