@@ -3,7 +3,7 @@ than it can serve (README, Performance): such a box does not fail, it sheds due 
 come later, so every camera still looks "running". ``LagMeter`` turns a worker's counters and its results'
 ages into a verdict over a sliding window; the worker reports it with the camera's status.
 
-Pure: every time is passed in (monotonic seconds for the window, ages in seconds).
+No clock and no I/O here: every time is passed in (monotonic seconds for the window, ages in seconds).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ WINDOW_S = 30.0  # judged over this much time: ~30 due frames at 1 det/s (one st
 LATE_S = 2.0  # p95 frame → result above this is late (the latency the benchmarks hold a box to)
 SHED_SHARE = 0.1  # more than this share of due frames shed (never detected) is falling behind
 MIN_RESULTS = 5  # fewer results in the window say nothing about their p95
+MIN_DUE = 10  # nor fewer due frames about the share shed
 # A camera judged behind is cleared only once both figures are back under this share of their bounds: at a
 # box's knee they hover around the bounds, and the dashboard tile would flip with every status report.
 RECOVER = 0.6
-MIN_DUE = 10  # nor fewer due frames about the share shed
 
 
 @dataclass(frozen=True, slots=True)
