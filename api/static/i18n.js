@@ -17,7 +17,7 @@ var I18N = (function () {
       "act.acknowledge": "确认", "act.dispatch": "派单", "act.resolve": "处理完成", "act.false_alarm": "标记误报",
       "act.reopen": "重新打开",
       "health.ok": "正常", "health.behind": "处理滞后", "health.degraded": "异常", "health.offline": "离线", "health.unknown": "未知",
-      "lag.age": "结果延迟", "lag.shed": "丢帧", "lag.hint": "检测跟不上此摄像头：本机接入的摄像头超出了处理能力",
+      "lag.age": "结果延迟", "lag.shed": "丢帧", "lag.hint": "检测跟不上此摄像头：本机接入的摄像头超出了处理能力；可改用子码流、降低检测频率或分到其他主机",
       "role.operator": "值班员", "role.police": "交警", "role.admin": "管理员", error: "操作失败",
       bin_stations: "垃圾站状态", "station.overflow": "满溢", "station.clean": "正常", severity: "等级",
       escalated: "超时未确认", "disp.escalated": "超时升级", bins: "桶号"
@@ -40,7 +40,7 @@ var I18N = (function () {
       "act.false_alarm": "False alarm", "act.reopen": "Reopen",
       "health.ok": "OK", "health.behind": "Falling behind", "health.degraded": "Degraded", "health.offline": "Offline", "health.unknown": "Unknown",
       "lag.age": "results after", "lag.shed": "frames shed",
-      "lag.hint": "The detector is not keeping up with this camera: the box carries more cameras than it can serve",
+      "lag.hint": "The detector is not keeping up with this camera: the box carries more cameras than it can serve; detect on the sub-stream, lower detect_fps, or move cameras to another box",
       "role.operator": "Operator", "role.police": "Police", "role.admin": "Admin", error: "Failed",
       bin_stations: "Bin stations", "station.overflow": "Overflowing", "station.clean": "Clean", severity: "level",
       escalated: "Overdue", "disp.escalated": "Escalated", bins: "Bins"
