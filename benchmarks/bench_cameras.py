@@ -425,6 +425,8 @@ class _FullDecodeSource:
                 continue
 
     def _run(self) -> None:
+        import av.error
+
         from pipeline.protocols import Frame
         from pipeline.sources import open_rtsp, to_bgr
 
@@ -435,13 +437,23 @@ class _FullDecodeSource:
             wall0 = t0 = None
             next_due: float | None = None
             index = 0
+            synced = False
             for pkt in container.demux(stream):
                 if self.stop.is_set() or self._closed.is_set():
                     return
                 if pkt.pts is None:
                     continue
+                # joined mid-GOP (as a camera is): nothing decodes before the first keyframe, and PyAV ≥ 18
+                # raises on those packets; a damaged packet later is skipped, as pipeline.sources does
+                synced = synced or pkt.is_keyframe
+                if not synced:
+                    continue
                 index += 1
-                for f in stream.codec_context.decode(pkt):
+                try:
+                    decoded = stream.codec_context.decode(pkt)
+                except av.error.FFmpegError:
+                    continue
+                for f in decoded:
                     t = f.pts * tb if f.pts is not None else pkt.pts * tb
                     if wall0 is None or t0 is None:
                         wall0, t0 = time.time(), t
