@@ -443,8 +443,9 @@ class _FullDecodeSource:
                     return
                 if pkt.pts is None:
                     continue
-                # joined mid-GOP (as a camera is): nothing decodes before the first keyframe, and PyAV ≥ 18
-                # raises on those packets; a damaged packet later is skipped, as pipeline.sources does
+                # joined mid-GOP (the server starts each camera at a random point of its clip, --random-phase,
+                # as a real camera is joined): the decoder raises on packets before the first keyframe; a
+                # damaged packet later is skipped, as pipeline.sources does
                 synced = synced or pkt.is_keyframe
                 if not synced:
                     continue
