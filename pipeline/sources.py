@@ -648,6 +648,12 @@ class Source:
                 continue
             try:
                 decoded = cc.decode(pkt)
+                if not full and not decoded:
+                    # B-frames: the decoder holds pictures back to reorder them, and fed keyframes alone it
+                    # gave each one out two keyframes later (2 s at 1 det/s; a file's last two never). Nothing
+                    # refers back across keyframe-only decoding: drain it now, start the next one clean.
+                    decoded = cc.decode(None)
+                    cc.flush_buffers()
                 bad = 0
             except av.error.FFmpegError as err:  # a damaged packet: skip it, keep the connection
                 log.debug("camera %s: decode error: %s", self.camera_id, getattr(err, "strerror", err))

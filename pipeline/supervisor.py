@@ -288,16 +288,18 @@ class Supervisor:
             self._lag_told = now_mono
             worst = max(behind, key=lambda c: (lags[c].shed_share or 0.0, lags[c].result_age_s or 0.0))
             age, share = lags[worst].result_age_s, lags[worst].shed_share
+            figures = [f"results p95 {age:.1f} s after capture"] if age is not None else []
+            figures += [f"{share:.0%} of due frames shed"] if share is not None else []
+            lasted = now_mono - self._behind_since
             log.warning(
-                "detector behind on %d of %d camera(s) for %.0f s (%s): worst %s, results p95 %s after "
-                "capture, %s of due frames shed; the box is past its capacity (README: Performance)",
+                "detector behind on %d of %d camera(s)%s (%s): worst %s, %s; the box is past its capacity "
+                "(README: Performance)",
                 len(behind),
                 len(lags),
-                now_mono - self._behind_since,
+                f" for {lasted:.0f} s" if lasted >= 1 else "",
                 ", ".join(behind[:8]) + (" …" if len(behind) > 8 else ""),
                 worst,
-                "?" if age is None else f"{age:.1f} s",
-                "?" if share is None else f"{share:.0%}",
+                ", ".join(figures),
             )
         elif not behind and self._behind_since is not None:
             log.info("detector keeping up with all cameras again after %.0f s", now_mono - self._behind_since)

@@ -75,10 +75,13 @@ def make_clip(
     scene_fn: SceneFn = parking_scene,
     profile: str = "main",
     deblock: bool = False,
+    bframes: int = 0,
 ) -> Path:
-    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, no B-frames, fixed GOP); return its path.
+    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, fixed GOP); return its path.
 
-    ``deblock`` turns H.264's in-loop deblocking filter back on (ultrafast leaves it off; cameras use it)."""
+    ``deblock`` turns H.264's in-loop deblocking filter back on (ultrafast leaves it off; cameras use it).
+    ``bframes`` B-frames between references (most cameras send none; files and some encoders do): the
+    decoder then holds pictures back to reorder them (main profile or above)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     gop = gop or fps
@@ -93,7 +96,8 @@ def make_clip(
                 "preset": "ultrafast",
                 "tune": "zerolatency",
                 # ultrafast alone gives Constrained Baseline; main turns CABAC back on (as most cameras send)
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
+                + (":b-adapt=0" if bframes else "")
                 + (":cabac=1" if profile != "baseline" else "")
                 + (":deblock=0,0" if deblock else ""),
             },

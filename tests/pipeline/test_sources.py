@@ -232,6 +232,21 @@ def test_long_gop_file_is_not_starved_before_its_second_keyframe(tmp_path: Path)
     assert max(gaps) < 1.0
 
 
+def test_keyframes_of_a_b_frame_stream_come_out_when_they_are_read(clip_factory: Callable[..., Path]) -> None:
+    """With B-frames the decoder holds pictures back to reorder them: fed keyframes alone, each came out two
+    keyframes later (the demo's courtyard camera, x264's defaults: every result 2 s late, and a file's last
+    two keyframes never came out at all)."""
+    clip = clip_factory("parking_10s_bframes", seconds=10, fps=10, size=(640, 360), gop=10, bframes=2)
+    with Source(clip, detect_fps=1.0, loop=False, realtime=False) as src:
+        frames = list(src.frames())
+    assert len(frames) == 10  # every keyframe of the 10 s, the last one included
+    assert all(f.keyframe for f in frames[1:])
+    ts = [f.ts for f in frames]
+    assert all(abs((b - a) - 1.0) < 0.05 for a, b in itertools.pairwise(ts))
+    # each keyframe comes out as its own packet is demuxed (Frame.index counts packets), not two GOPs on
+    assert all(f.index <= 10 * i + 3 for i, f in enumerate(frames)), [f.index for f in frames]
+
+
 def test_file_full_mode_above_keyframe_rate(parking_clip: Path) -> None:
     with Source(parking_clip, detect_fps=4.0, loop=False, realtime=False) as src:
         frames = list(src.frames())
@@ -317,6 +332,21 @@ def test_rtsp_low_bitrate_frames_are_not_stamped_after_they_arrive(
     late = [round(ts - got, 3) for got, ts in received if ts > got]
     assert not late, f"frames stamped after they arrived, by (s): {late}"
     assert received[-1][0] - received[-1][1] < 1.5  # still close to the wall clock
+
+
+@pytest.mark.rtsp
+def test_rtsp_b_frame_stream_frames_are_not_held_back(
+    rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path], no_thread_leak: None
+) -> None:
+    # Keyframe-only decoding of a stream with B-frames: the decoder's reorder buffer held each keyframe until
+    # two more had been fed, so every frame reached the detector ~2 keyframe intervals after its capture.
+    clip = clip_factory("parking_12s_bframes", seconds=12, fps=10, size=(640, 360), gop=10, bframes=2)
+    srv = rtsp_server({"cam": clip})
+    src = open_source(rtsp_camera(srv.url("cam")), threading.Event())
+    received = [(got, f.ts) for got, f in receive(src, 5, 15)]
+    assert len(received) >= 5
+    ages = [round(got - ts, 2) for got, ts in received[1:]]
+    assert max(ages) < 0.8, f"frames came out this long after capture (s): {ages}"
 
 
 def noise_scene(i: int, _t: float, size: tuple[int, int]) -> np.ndarray:

@@ -144,7 +144,12 @@ def test_falling_behind_is_logged_once_then_every_few_minutes_and_recovery_once(
     sup._log_lag({"cam-a": fine, "cam-b": fine}, LAG_REPEAT_S + 3)
     sup._log_lag({"cam-a": fine, "cam-b": fine}, LAG_REPEAT_S + 5)
     said = [r.getMessage() for r in caplog.records if r.name == "pipeline.supervisor"]
-    assert said[0].startswith("detector behind on 1 of 2 camera(s) for 0 s (cam-a): worst cam-a")
+    assert said[0].startswith("detector behind on 1 of 2 camera(s) (cam-a): worst cam-a")
     assert "3.1 s after capture, 40% of due frames shed" in said[0]
     assert said[1].startswith(f"detector behind on 1 of 2 camera(s) for {LAG_REPEAT_S + 1:.0f} s")
     assert said[2:] == [f"detector keeping up with all cameras again after {LAG_REPEAT_S + 3:.0f} s"]
+    # a figure the window cannot give yet (too few due frames) is left out, not printed as a placeholder
+    caplog.clear()
+    sup._log_lag({"cam-a": Lag(2.5, None, True)}, 2 * LAG_REPEAT_S)
+    said = [r.getMessage() for r in caplog.records if r.name == "pipeline.supervisor"]
+    assert "worst cam-a, results p95 2.5 s after capture; the box" in said[0]
