@@ -1,7 +1,8 @@
-"""Synthetic test clips (PyAV + libx264), for tests, benchmarks and the demo; nothing is downloaded.
+"""Synthetic test clips (PyAV + libx264/libx265), for tests, benchmarks and the demo; nothing is downloaded.
 
 - ``make_clip(path, seconds=10, fps=10, size=(640, 360), gop=None, scene_fn=parking_scene, profile="main")``
-  writes an H.264 MP4 (no B-frames, GOP = ``gop`` or ``fps``: one keyframe a second) and returns the path.
+  writes an H.264 MP4 (no B-frames, GOP = ``gop`` or ``fps``: one keyframe a second) and returns the path;
+  ``bframes`` adds B-frames, ``codec="hevc"`` makes it H.265 (what most new CCTV cameras send).
 - ``parking_scene(i, t, size)``: a static lot (asphalt, bay lines, a kerb) where a car-shaped block drives in
   during the first ~2 s and then stays parked, with a little sensor noise so frames are not bit-identical.
   ``CAR_BOX`` is the parked car's final box as fractions of (w, h).
@@ -76,8 +77,10 @@ def make_clip(
     profile: str = "main",
     deblock: bool = False,
     bframes: int = 0,
+    codec: str = "h264",
 ) -> Path:
-    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, fixed GOP); return its path.
+    """Encode an H.264 MP4 (libx264, ``profile`` main|baseline, fixed GOP), or H.265 with ``codec="hevc"``
+    (libx265; ``profile`` and ``deblock`` apply to H.264 only); return its path.
 
     ``deblock`` turns H.264's in-loop deblocking filter back on (ultrafast leaves it off; cameras use it).
     ``bframes`` B-frames between references (most cameras send none; files and some encoders do): the
@@ -88,20 +91,24 @@ def make_clip(
     n = round(seconds * fps)
     tmp = path.with_suffix(".part.mp4")
     with av.open(str(tmp), "w") as out:
-        st = out.add_stream(
-            "libx264",
-            rate=fps,
-            options={
-                "profile": profile,
-                "preset": "ultrafast",
-                "tune": "zerolatency",
-                # ultrafast alone gives Constrained Baseline; main turns CABAC back on (as most cameras send)
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
-                + (":b-adapt=0" if bframes else "")
-                + (":cabac=1" if profile != "baseline" else "")
-                + (":deblock=0,0" if deblock else ""),
-            },
-        )
+        if codec == "hevc":
+            params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:log-level=error"
+            st = out.add_stream("libx265", rate=fps, options={"preset": "ultrafast", "x265-params": params})
+        else:
+            st = out.add_stream(
+                "libx264",
+                rate=fps,
+                options={
+                    "profile": profile,
+                    "preset": "ultrafast",
+                    "tune": "zerolatency",
+                    # ultrafast alone gives Constrained Baseline; main turns CABAC back on (as cameras send)
+                    "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
+                    + (":b-adapt=0" if bframes else "")
+                    + (":cabac=1" if profile != "baseline" else "")
+                    + (":deblock=0,0" if deblock else ""),
+                },
+            )
         st.width, st.height = size
         st.pix_fmt = "yuv420p"
         st.codec_context.time_base = Fraction(1, fps)

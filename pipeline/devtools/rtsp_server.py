@@ -4,9 +4,10 @@
     /usr/bin/python3 pipeline/devtools/rtsp_server.py [--host 127.0.0.1] [--port 0] [--user U --password P]
                                                       [--random-phase] NAME=FILE.mp4 [NAME=FILE.mp4 ...]
 
-Serves each MP4 (H.264) at ``rtsp://HOST:PORT/NAME`` forever, looping, without re-encoding: the file's access
-units are read once (``filesrc ! qtdemux ! h264parse``, SPS/PPS before every keyframe, whole access units) and
-pushed in real time into ``appsrc ! rtph264pay config-interval=1``; timestamps keep increasing across loops
+Serves each MP4 (H.264 or H.265) at ``rtsp://HOST:PORT/NAME`` forever, looping, without re-encoding: the
+file's access units are read once (``filesrc ! qtdemux ! h264parse``, parameter sets before every keyframe,
+whole access units) and pushed in real time into ``appsrc ! rtph264pay config-interval=1`` (``h265`` for
+H.265); timestamps keep increasing across loops
 like a live camera. Media are shared (one pipeline per path for all clients). ``--user/--password`` require
 HTTP basic auth. When listening it prints one line ``READY rtsp://HOST:PORT`` to stdout (``--port 0`` picks a
 free port). SIGTERM/SIGINT stop it. SIGUSR1 mutes every media (sessions and RTCP reports go on, no video: a
@@ -15,7 +16,8 @@ camera whose encoder hung), SIGUSR2 unmutes them (the clips carry on where they 
 One thread paces every media (a heap of due times), not one Python thread per media: the benchmarks serve
 100+ streams from this process on the same cores as the pipeline they measure, and a hundred threads
 waking 25 times a second each, all taking the GIL, cost the box more than the pushes themselves. The access
-units already are what ``rtph264pay`` takes, so the served pipeline has no second ``h264parse``.
+units already are what the payloader takes, so the served pipeline has no second parser. Access units are
+sent in presentation order: a clip with B-frames serves its keyframes faithfully, not its other frames.
 
 Only the standard library and ``gi`` are imported: this file must not import the ``pipeline`` package.
 """
@@ -37,14 +39,31 @@ gi.require_version("GstApp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstApp, GstRtspServer  # noqa: E402
 
+_CODECS = ("h264", "h265")  # GStreamer's names: h264parse/rtph264pay, h265parse/rtph265pay
+
+
+class _NotThisCodec(Exception):
+    pass
+
 
 class Clip:
     """All access units of one file in memory, with their offsets (s) and the loop duration."""
 
     def __init__(self, path: str) -> None:
+        error = None
+        for codec in _CODECS:  # the one qtdemux links to; the other fails at once (not linked)
+            try:
+                self._read(path, codec)
+                self.codec = codec
+                return
+            except _NotThisCodec as err:
+                error = error or err.args[0]  # the first codec's error: a missing file, not "not linked"
+        raise SystemExit(f"cannot read {path}: {error or 'no H.264 or H.265 access units'}")
+
+    def _read(self, path: str, codec: str) -> None:
         pipe = Gst.parse_launch(
-            f'filesrc location="{path}" ! qtdemux ! h264parse config-interval=-1 '
-            "! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
+            f'filesrc location="{path}" ! qtdemux ! {codec}parse config-interval=-1 '
+            f"! video/x-{codec},stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
         )
         sink = pipe.get_by_name("sink")
         bus = pipe.get_bus()
@@ -73,8 +92,10 @@ class Clip:
                 key = not buf.has_flags(Gst.BufferFlags.DELTA_UNIT)
                 units.append((pts if pts is not None else len(units) / 25.0, data, key))
         pipe.set_state(Gst.State.NULL)
-        if error is not None or not units:
-            raise SystemExit(f"cannot read {path}: {error or 'no H.264 access units'}")
+        if not units:
+            raise _NotThisCodec(error)
+        if error is not None:
+            raise SystemExit(f"cannot read {path}: {error}")
         units.sort(key=lambda u: u[0])
         t0 = units[0][0]
         # (offset, data, keyframe): GLib.Bytes, so that every push wraps the same memory without copying it
@@ -200,7 +221,7 @@ class Factory(GstRtspServer.RTSPMediaFactory):
         self.set_shared(True)
         self.set_launch(
             f'( appsrc name=src is-live=true format=time do-timestamp=true caps="{clip.caps}" '
-            "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+            f"! rtp{clip.codec}pay name=pay0 pt=96 config-interval=1 )"
         )
         self.connect("media-configure", self._configure)
 

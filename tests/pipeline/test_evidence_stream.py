@@ -86,6 +86,24 @@ def test_picture_is_the_nearest_main_keyframe_else_the_frame_scaled_up(clips: tu
     assert ts == late and image.shape == (MAIN[1], MAIN[0], 3) and int(image.mean()) == 7
 
 
+def test_an_h265_main_stream_with_b_frames_gives_its_stills(tmp_path: Path) -> None:
+    # The usual camera now: H.265 main stream (x265: open GOPs, B-frames), H.264 sub-stream for detection.
+    main = make_clip(tmp_path / "main.mp4", seconds=4, fps=FPS, gop=FPS, size=MAIN, codec="hevc", bframes=2)
+    stream = EvidenceStream("cam")
+    kfs = keyframes(main)
+    assert len(kfs) == 4 and all(k.codec == "hevc" for k in kfs)
+    for k in kfs:
+        stream.put(k)
+    assert stream.size() == MAIN  # learnt by decoding one
+    stream.decodes = 0
+    sub = np.zeros((SUB[1], SUB[0], 3), np.uint8)
+    image, ts = stream.picture(Frame(image=sub, ts=kfs[-1].ts + 0.2, index=0))  # the car has parked
+    assert ts == kfs[-1].ts and stream.decodes == 1 and image.shape == (MAIN[1], MAIN[0], 3)
+    x0, y0, x1, y1 = (int(v) for v in CAR_MAIN)
+    car = image[y0 + 20 : y1 - 20, x0 + 20 : x1 - 20].reshape(-1, 3).mean(axis=0)
+    assert car[2] > 150 and car[0] < 80  # the scene's red car, decoded, not the sub-stream scaled up
+
+
 def test_a_keyframe_that_does_not_decode_falls_back(clips: tuple[Path, Path]) -> None:
     stream = EvidenceStream("cam")
     good = keyframes(clips[0])[0]

@@ -349,6 +349,40 @@ def test_rtsp_b_frame_stream_frames_are_not_held_back(
     assert max(ages) < 0.8, f"frames came out this long after capture (s): {ages}"
 
 
+@pytest.mark.rtsp
+@pytest.mark.parametrize(("detect_fps", "bframes"), [(1.0, 2), (4.0, 0)], ids=["keyframes", "full"])
+def test_rtsp_h265_camera(
+    rtsp_server: Callable[..., Any],
+    clip_factory: Callable[..., Path],
+    detect_fps: float,
+    bframes: int,
+    no_thread_leak: None,
+) -> None:
+    # Most CCTV cameras sold now send H.265 (x265 open GOPs here): keyframes only at the keyframe rate, every
+    # frame decoded above it, and either way frames reach the rules right after capture. B-frames only where
+    # keyframes alone are decoded: the stand-in server sends access units in presentation order.
+    clip = clip_factory(
+        f"parking_12s_hevc_b{bframes}",
+        seconds=12,
+        fps=10,
+        size=(640, 360),
+        gop=10,
+        codec="hevc",
+        bframes=bframes,
+    )
+    srv = rtsp_server({"cam": clip})
+    src = open_source(rtsp_camera(srv.url("cam"), detect_fps=detect_fps), threading.Event())
+    n = round(4 * detect_fps)
+    received = receive(src, n, 15)
+    assert len(received) >= n
+    frames = [f for _, f in received]
+    assert frames[0].image.shape == (360, 640, 3)
+    assert all(b.ts > a.ts for a, b in itertools.pairwise(frames))
+    assert all(f.keyframe for f in frames[1:]) is (detect_fps == 1.0)
+    ages = [round(got - f.ts, 2) for got, f in received[1:]]
+    assert max(ages) < 0.8, f"frames came out this long after capture (s): {ages}"
+
+
 def noise_scene(i: int, _t: float, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     return np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
