@@ -157,6 +157,14 @@ def _encode_args(seconds: float, kbps: int = 4000) -> list[str]:
     ]
 
 
+def _h265_args(seconds: float, kbps: int = 4000) -> list[str]:
+    """As ``_encode_args``, H.265 (libx265, closed GOPs as cameras send them): most CCTV cameras sold now."""
+    args = _encode_args(seconds, kbps)
+    args[args.index("libx264")] = "libx265"
+    x265 = "keyint=25:min-keyint=25:scenecut=0:bframes=0:open-gop=0:pools=1:frame-threads=1:log-level=error"
+    return [*args, "-x265-params", x265, "-tag:v", "hvc1"]
+
+
 def _crf_args(seconds: float, kbps: int) -> list[str]:
     """As ``_encode_args``, but quality-capped VBR: ``-crf 23`` instead of the bitrate, capped at 1.1 × kbps
     (2 s buffer)."""
@@ -181,9 +189,10 @@ def _lot_vf(seconds: float, width: int, height: int) -> str:
     )
 
 
-def make_clips(cache_dir: Path, seconds: float = 12.0) -> dict[str, Any]:
+def make_clips(cache_dir: Path, seconds: float = 12.0, h265: bool = False) -> dict[str, Any]:
     """``street.mp4`` (motion) and ``parking.mp4`` (static) at 1080p25, GOP 25, ~4 Mb/s, the quiet ``lot``
-    clip (VBR), and the street and lot clips' 640×360 sub-streams (same GOP); cached by name."""
+    clip (VBR), and the street and lot clips' 640×360 sub-streams (same GOP); with ``h265`` the street clip
+    in H.265 too (``street_h265``; ~25 s to encode on 2 cores, so only when asked); cached by name."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{int(seconds)}s"
     street, parking = cache_dir / f"street-{tag}.mp4", cache_dir / f"parking-{tag}.mp4"
@@ -233,6 +242,12 @@ def make_clips(cache_dir: Path, seconds: float = 12.0) -> dict[str, Any]:
             subprocess.run([*ff, *src, "-vf", vf, *_crf_args(seconds, kbps), str(tmp)], check=True)
             tmp.replace(path)
     files = {"street": street, "street_sub": street_sub, "parking": parking, "lot": lot, "lot_sub": lot_sub}
+    if h265:
+        files["street_h265"] = cache_dir / f"street-h265-{tag}.mp4"
+        if not files["street_h265"].exists():
+            tmp = files["street_h265"].with_suffix(".tmp.mp4")
+            subprocess.run([*ff, *src, "-vf", scale, *_h265_args(seconds), str(tmp)], check=True)
+            tmp.replace(files["street_h265"])
     return {
         **{k: str(f) for k, f in files.items()},
         "content": "vtest.avi (opencv-doc, real CCTV) scaled to 1080p + temporal noise"
@@ -400,91 +415,6 @@ def _load_detector(spec: TrialSpec) -> Any:
     return det
 
 
-class _FullDecodeSource:
-    """Lever only: decodes every frame (PyAV, 1 thread), samples at ``detect_fps``; like ``Source`` otherwise
-    (same FFmpeg options, clock and drop-oldest hand-over) but without its reconnect logic — ``Source`` has no
-    switch to force full decode, it picks keyframe-only by itself when that suffices."""
-
-    def __init__(self, url: str, detect_fps: float, stop: threading.Event) -> None:
-        import queue
-
-        self.url, self.period, self.stop = url, 1.0 / detect_fps, stop
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self.dropped = self.frames_out = 0
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def frames(self) -> Any:
-        import queue
-
-        self._thread.start()
-        while not (self.stop.is_set() or self._closed.is_set()):
-            try:
-                yield self.q.get(timeout=0.25)
-            except queue.Empty:
-                continue
-
-    def _run(self) -> None:
-        import av.error
-
-        from pipeline.protocols import Frame
-        from pipeline.sources import open_rtsp, to_bgr
-
-        with open_rtsp(self.url, "tcp", 5.0, 5.0) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            tb = float(stream.time_base or 0)
-            wall0 = t0 = None
-            next_due: float | None = None
-            index = 0
-            synced = False
-            for pkt in container.demux(stream):
-                if self.stop.is_set() or self._closed.is_set():
-                    return
-                if pkt.pts is None:
-                    continue
-                # joined mid-GOP (the server starts each camera at a random point of its clip, --random-phase,
-                # as a real camera is joined): the decoder raises on packets before the first keyframe; a
-                # damaged packet later is skipped, as pipeline.sources does
-                synced = synced or pkt.is_keyframe
-                if not synced:
-                    continue
-                index += 1
-                try:
-                    decoded = stream.codec_context.decode(pkt)
-                except av.error.FFmpegError:
-                    continue
-                for f in decoded:
-                    t = f.pts * tb if f.pts is not None else pkt.pts * tb
-                    if wall0 is None or t0 is None:
-                        wall0, t0 = time.time(), t
-                    if next_due is not None and t < next_due - 0.02:
-                        continue
-                    next_due = t + self.period if next_due is None else next_due + self.period
-                    image: Any = to_bgr(f)
-                    frame = Frame(image, wall0 + (t - t0), index, bool(f.key_frame))
-                    while True:
-                        try:
-                            self.q.put_nowait(frame)
-                            break
-                        except Exception:
-                            with contextlib.suppress(Exception):
-                                self.q.get_nowait()
-                                self.dropped += 1
-                    self.frames_out += 1
-
-    def status(self) -> Any:
-        from pipeline.protocols import SourceState, SourceStatus
-
-        return SourceStatus(
-            SourceState.RUNNING, time.monotonic(), frames=self.frames_out, dropped=self.dropped
-        )
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(6.0)
-
-
 class _ApiPath:
     """A trial's events through the real outbox (SQLite spool) and HttpSink to a running API, and a poller
     that notes when each opened event becomes readable (GET /api/events/{id}), against its frame's capture
@@ -561,7 +491,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
     from pipeline.incidents import IncidentBuilder
     from pipeline.inference import InferenceScheduler
     from pipeline.sources import open_source
-    from pipeline.supervisor import EvidenceRenderer
+    from pipeline.supervisor import STATUS_EVERY_S, EvidenceRenderer
     from pipeline.worker import CameraWorker
 
     rss_start = rss_mib()
@@ -586,7 +516,6 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             to_api.put(ev, files)
 
     tallies: list[_Tally] = []
-    full_sources: list[_FullDecodeSource] = []
 
     class BenchWorker(CameraWorker):
         tally: _Tally
@@ -596,11 +525,9 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             self.tally.results.append((frame.ts, time.time(), detected))
 
     def factory(camera: Camera, stop_: threading.Event) -> Any:
-        if spec.decode == "full":
-            src = _FullDecodeSource(camera.source.resolved(), camera.detect_fps, stop_)  # type: ignore[union-attr]
-            full_sources.append(src)
-            return src
-        return open_source(camera, stop_)
+        src = open_source(camera, stop_)
+        src.full_decode = spec.decode == "full"
+        return src
 
     main_keyframes: list[int] = []  # per camera on a sub-stream: main keyframes demuxed, over reconnections
 
@@ -654,9 +581,22 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         w.start()
 
     behind: list[int] = []  # cameras the pipeline itself reported behind (pipeline/lag.py), at each count
+    # Status is taken every STATUS_EVERY_S, as the supervisor takes it (the behind verdict has hysteresis:
+    # its history is part of it), and at each count; one thread at a time (the meter's contract).
+    status_lock = threading.Lock()
+
+    def statuses() -> list[Any]:
+        with status_lock:
+            return [w.status() for w in workers]
+
+    def poll_status() -> None:
+        while not stop.wait(STATUS_EVERY_S):
+            statuses()
+
+    threading.Thread(target=poll_status, name="status", daemon=True).start()
 
     def counters() -> dict[str, int]:
-        st = [w.status() for w in workers]
+        st = statuses()
         behind.append(sum(bool(s.lag and s.lag.behind) for s in st))
         return {
             "detections": sum(s.detections for s in st),
@@ -986,6 +926,11 @@ class Options:
     out: Path | None = None
     cache_dir: Path = CACHE_DIR
 
+    def wanted(self, lever: str) -> bool:
+        """Whether the lever table includes ``lever`` (the baseline always runs)."""
+        names = self.lever_names
+        return lever == "baseline" or not names or lever in names.split(",")
+
 
 class Runner:
     def __init__(self, opts: Options, server: Server, log_dir: Path) -> None:
@@ -1137,8 +1082,7 @@ class Runner:
         }
 
     def wanted(self, lever: str) -> bool:
-        names = self.opts.lever_names
-        return lever == "baseline" or not names or lever in names.split(",")
+        return self.opts.wanted(lever)
 
     def levers(self, n: int) -> list[dict[str, Any]]:
         """Rows at a fixed N, each changing one thing against the pingan default."""
@@ -1159,8 +1103,13 @@ class Runner:
 
         lever("baseline", "pingan defaults (keyframe-only decode, camera's gate default), street clip")
         base_precision = rows[-1].get("precision")
-        lever("full_decode", "decode every frame (PyAV, 1 thread), sample the same frames", decode="full")
+        lever(
+            "full_decode",
+            "decode every frame (Source(full_decode=True)), convert the same sampled frames",
+            decode="full",
+        )
         lever("substream", SUBSTREAM_WHAT, sub_clip=SUB_PREFIX)
+        lever("h265_main", "the street clip in H.265 (libx265, same bitrate, GOP and scene)", clip="h")
         lever("parking_gate_off", "parking-lot (static) clip, static-scene gate off", clip="p", gate=False)
         lever("parking_gate_on", "parking-lot (static) clip, static-scene gate on", clip="p", gate=True)
         lot = {"clip": "l", "zones": scaled_zones(ZONES_LOT), "settle_s": 25.0}
@@ -1340,7 +1289,7 @@ def run(opts: Options) -> dict[str, Any]:
     started = now_iso()
     info = machine_info()
     note(f"clips (cached in {opts.cache_dir}) …")
-    clips = make_clips(opts.cache_dir, opts.clip_seconds)
+    clips = make_clips(opts.cache_dir, opts.clip_seconds, h265=opts.levers and opts.wanted("h265_main"))
     sub_max = opts.substream_max_n or opts.max_n
     n_sub = max(sub_max if opts.substream else 0, opts.lever_n if opts.levers else 0)
     paths = {f"s{i}": clips["street"] for i in range(max(opts.max_n, opts.naive_max_n, opts.lever_n, n_sub))}
@@ -1349,6 +1298,8 @@ def run(opts: Options) -> dict[str, Any]:
         paths |= {f"p{i}": clips["parking"] for i in range(opts.lever_n)}
         paths |= {f"l{i}": clips["lot"] for i in range(opts.lever_n)}
         paths |= {f"{LOT_SUB_PREFIX}{i}": clips["lot_sub"] for i in range(opts.lever_n)}
+        if "street_h265" in clips:
+            paths |= {f"h{i}": clips["street_h265"] for i in range(opts.lever_n)}
     log_dir = opts.cache_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     server = Server(paths, log_dir / "rtsp-server.log").start()

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.lag import LATE_S, SHED_SHARE
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 GridPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,7}$")]
@@ -390,6 +391,11 @@ class DetectorConfig(_Strict):
     # (pipeline.inference.InferenceScheduler.admit): past the box's capacity results stay fresh, fewer of
     # them, instead of every camera's coming late; null: no bound (every result, however late)
     max_frame_age_s: Annotated[float, Field(gt=0, le=600)] | None = MAX_FRAME_AGE_S
+    # A camera is reported behind (pipeline/lag.py: health "behind", the dashboard tile, a warning) when, over
+    # the last 30 s, its results' p95 capture → result exceeds this, or more than this share of its due
+    # frames were shed. A site whose rules wait minutes may accept later results than the 2 s default.
+    behind_result_age_s: Annotated[float, Field(gt=0, le=600)] = LATE_S
+    behind_shed_share: Annotated[float, Field(gt=0, lt=1)] = SHED_SHARE
 
 
 class Config(_Strict):

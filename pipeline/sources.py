@@ -197,6 +197,7 @@ class Source:
         redactor: Redactor | None = None,
         queue_size: int = 2,
         fast_keyframes: bool = True,
+        full_decode: bool = False,
         packet_gate: PacketGate | None = None,
         keyframe_sink: Callable[[Keyframe], None] | None = None,
         read_pause_s: float = 0.2,
@@ -245,6 +246,9 @@ class Source:
         self._carry: _Carry | None = None  # a looping file's next pass continues this
         self._session_frames = 0
         self.fast_keyframes = fast_keyframes
+        # Decode every frame even where keyframes alone would do (the sampled ones still are all that is
+        # converted): what keyframe-only decoding saves, measured (the benchmarks' full_decode lever).
+        self.full_decode = full_decode
         self.packet_gate = packet_gate
         # Asked before a due keyframe is decoded (keyframe-only, live), with the keyframe's age in seconds:
         # False when the detector would take it too late or would only replace this camera's previous frame
@@ -541,7 +545,7 @@ class Source:
         motion = 0.0  # the largest GOP mean (bytes per P-frame) since the last decoded keyframe
         last_image: Any = None  # this connection's last decoded picture, for carried frames
         if key_iv is not None:  # a looping file's next pass already knows
-            full = period < 0.9 * key_iv
+            full = period < 0.9 * key_iv or self.full_decode
         if sink is not None:
             full = False
         # our own decoder, never the stream's: a replaced one is then freed with its frame pool
@@ -586,7 +590,7 @@ class Source:
                 if last_key_t is not None and t > last_key_t:
                     iv = t - last_key_t
                     key_iv = iv if key_iv is None else 0.5 * key_iv + 0.5 * iv
-                    want_full = period < 0.9 * key_iv and sink is None
+                    want_full = (period < 0.9 * key_iv or self.full_decode) and sink is None
                     if want_full is not full:
                         full = want_full
                         cc = self._decoder(stream, full)  # at a keyframe: a fresh decoder loses nothing

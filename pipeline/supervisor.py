@@ -20,7 +20,7 @@ from pipeline.health import CameraHealth
 from pipeline.incidents import IncidentBuilder
 from pipeline.inference import InferenceScheduler
 from pipeline.journal import IncidentJournal
-from pipeline.lag import Lag
+from pipeline.lag import Lag, LagMeter
 from pipeline.plate_service import PlateService
 from pipeline.protocols import Detector, FrameSource
 from pipeline.redact import Redactor
@@ -140,6 +140,9 @@ class Supervisor:
                     self.stop,
                     factory,  # type: ignore[arg-type]
                     evidence_factory=self._open_evidence,
+                    lag=LagMeter.for_camera(
+                        cam.detect_fps, cfg.detector.behind_result_age_s, cfg.detector.behind_shed_share
+                    ),
                 )
             )
         self.health = {w.camera.id: CameraHealth(w.camera, cfg.site) for w in self.workers}

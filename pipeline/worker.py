@@ -86,6 +86,7 @@ class CameraWorker:
         tracker: object | None = None,
         evidence_factory: EvidenceFactory | None = None,
         clock: Clock | None = None,
+        lag: LagMeter | None = None,
     ) -> None:
         from pipeline.tracking import Tracker
 
@@ -114,7 +115,7 @@ class CameraWorker:
         self._gated = 0
         self._crashes = 0
         self.clock = clock or SystemClock()
-        self.lag = LagMeter()
+        self.lag = lag if lag is not None else LagMeter.for_camera(camera.detect_fps)
         # a frame's ts is its capture time on the wall clock only where the source runs in real time
         src = camera.source
         self._live = not isinstance(src, FileSource) or src.realtime

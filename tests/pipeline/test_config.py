@@ -21,6 +21,7 @@ from pipeline.config import (
     config_schema,
     parse_config,
 )
+from pipeline.lag import LATE_S, SHED_SHARE
 
 GOOD = """\
 site:
@@ -132,6 +133,20 @@ def test_frame_age_bound_is_positive_or_off() -> None:
     line = GOOD.count("\n") + 1
     messages = _errors(GOOD + "detector:\n  max_frame_age_s: 0\n")
     want = f"detector.max_frame_age_s: Input should be greater than 0 (line {line + 1})"
+    assert any(m.startswith(want) for m in messages), messages
+
+
+def test_behind_bounds_default_to_the_benchmarks_and_are_checked() -> None:
+    assert (
+        parse_config(GOOD).detector.behind_result_age_s,
+        parse_config(GOOD).detector.behind_shed_share,
+    ) == (
+        LATE_S,
+        SHED_SHARE,
+    )
+    line = GOOD.count("\n") + 1
+    messages = _errors(GOOD + "detector:\n  behind_result_age_s: 5\n  behind_shed_share: 1.5\n")
+    want = f"detector.behind_shed_share: Input should be less than 1 (line {line + 2})"
     assert any(m.startswith(want) for m in messages), messages
 
 

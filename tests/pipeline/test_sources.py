@@ -136,19 +136,24 @@ def test_file_keyframe_mode_yields_about_detect_fps(parking_clip: Path, no_threa
     assert st.state is SourceState.STOPPED and st.frames == len(frames) and st.reason == "end of file"
 
 
-def test_file_keyframe_mode_decodes_only_keyframes(
-    parking_clip: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every packet handed to a video decoder from now on: whether it was a keyframe."""
     import av.video.codeccontext as vcc
 
-    decoded: list[bool] = []
+    seen: list[bool] = []
     real = vcc.VideoCodecContext.decode
 
     def counting(self: Any, packet: Any = None) -> Any:
-        decoded.append(bool(packet is not None and packet.is_keyframe))
+        if packet is not None:
+            seen.append(bool(packet.is_keyframe))
         return real(self, packet)
 
     monkeypatch.setattr(vcc.VideoCodecContext, "decode", counting)
+    return seen
+
+
+def test_file_keyframe_mode_decodes_only_keyframes(parking_clip: Path, decoded: list[bool]) -> None:
     with Source(parking_clip, detect_fps=0.5, loop=False, realtime=False) as src:
         frames = list(src.frames())
     assert 4 <= len(frames) <= 6  # every 2nd keyframe
@@ -157,6 +162,15 @@ def test_file_keyframe_mode_decodes_only_keyframes(
     first_gop, rest = decoded[:10], decoded[10:]
     assert first_gop[0] and rest and all(rest)
     assert len(rest) == len(frames) - 1
+
+
+def test_full_decode_decodes_every_frame_and_converts_the_sampled_ones(
+    parking_clip: Path, decoded: list[bool]
+) -> None:
+    with Source(parking_clip, detect_fps=1.0, loop=False, realtime=False, full_decode=True) as src:
+        frames = list(src.frames())
+    assert 9 <= len(frames) <= 11  # the same sampling as keyframe-only decoding
+    assert len(decoded) == 100 and decoded.count(True) == 10  # but every packet of the 10 s was decoded
 
 
 def test_fast_keyframes_skip_deblocking_and_stay_faithful(

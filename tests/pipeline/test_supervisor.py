@@ -39,8 +39,8 @@ class SilentSource:
     ("detector_yaml", "bound_s"),
     [
         ("", MAX_FRAME_AGE_S),
-        ("detector: {max_frame_age_s: 0.4}\n", 0.4),
-        ("detector: {max_frame_age_s: null}\n", math.inf),
+        ("detector: {max_frame_age_s: 0.4, behind_result_age_s: 5, behind_shed_share: 0.25}\n", 0.4),
+        ("detector: {max_frame_age_s: null, behind_result_age_s: 5, behind_shed_share: 0.25}\n", math.inf),
     ],
 )
 def test_the_frame_age_bound_comes_from_the_detector_config(
@@ -65,6 +65,8 @@ def test_the_frame_age_bound_comes_from_the_detector_config(
     sup.start()
     try:
         assert sup.scheduler.max_age_s == bound_s
+        if detector_yaml:  # and the behind verdict's bounds
+            assert [(w.lag.late_s, w.lag.max_shed_share) for w in sup.workers] == [(5.0, 0.25)] * 2
         # the bound as admit applies it: a frame already older than it is not decoded
         assert sup.scheduler.admit("cam-a", age_s=0.3) is True
         assert sup.scheduler.admit("cam-a", age_s=0.5) is (bound_s > 0.5)
@@ -94,9 +96,14 @@ class TickingSource:
 
 @pytest.mark.parametrize(("delay_s", "behind"), [(0.0, False), (0.4, True)])
 def test_cameras_the_detector_cannot_keep_up_with_are_reported_behind(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, delay_s: float, behind: bool
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    delay_s: float,
+    behind: bool,
 ) -> None:
     """Two cameras due 10 frames a second each: a detector taking 0.4 s a call serves ~1 in 8 of them."""
+    monkeypatch.setattr("pipeline.lag.WARMUP_S", 0.0)  # judged from the start (the warm-up: test_lag)
     cfg = parse_config(TWO_CAMERAS_CONFIG.format(data=tmp_path / "var"))
     cameras = [c.model_copy(update={"static_gate": False}) for c in cfg.cameras]  # every frame is due
     stop = threading.Event()
