@@ -595,9 +595,26 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
 
     threading.Thread(target=poll_status, name="status", daemon=True).start()
 
+    why: dict[str, int] = {}  # of those at the last count: late, shedding, or neither (held by hysteresis)
+
     def counters() -> dict[str, int]:
         st = statuses()
         behind.append(sum(bool(s.lag and s.lag.behind) for s in st))
+        why.clear()
+        for w, s in zip(workers, st, strict=True):
+            if s.lag is not None and s.lag.behind:
+                late = (s.lag.result_age_s or 0.0) > w.lag.late_s
+                shedding = (s.lag.shed_share or 0.0) > w.lag.max_shed_share
+                key = (
+                    "late_and_shedding"
+                    if late and shedding
+                    else "late"
+                    if late
+                    else "shedding"
+                    if shedding
+                    else "held"
+                )
+                why[key] = why.get(key, 0) + 1
         return {
             "detections": sum(s.detections for s in st),
             "gated": sum(s.gated for s in st),
@@ -634,6 +651,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
             # the pipeline's own verdict at the window's end (its last 30 s ≈ the window), beside the bench's:
             # a box past capacity should say so on its dashboard
             "cameras_reported_behind": lambda: behind[-1] if behind else None,
+            "cameras_reported_behind_why": lambda: dict(why),
         },
         partial(_wind_down, workers, to_api),
     )

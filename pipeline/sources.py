@@ -14,11 +14,17 @@ reconnects by itself and never raises on stream faults. States (``SourceStatus.s
 Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are decoded (non-key packets are
 not even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed;
 above it, every frame is decoded and only the sampled ones are converted to BGR. The keyframe interval is
-learnt from the packets (demuxing is ~0.03 ms a frame), so a connection starts in keyframe mode and switches
-at a keyframe. Between keyframes a keyframe-only live reader that has caught up with the stream pauses
-(``read_pause_s``, ending ``_PAUSE_MARGIN_S`` before the next keyframe is due) and then reads what the socket
-gathered in one burst: FFmpeg reads RTSP one RTP packet at a time, and waking the thread for each of them
-cost more than reading them (80 cameras at 0.5 det/s: 1.51 → 1.46 cores, and the RTSP server 0.42 → 0.37).
+learnt from the packets (demuxing is ~0.03 ms a frame). Until it is known, a connection decodes its keyframes
+and holds the packets between them undecoded: the next keyframe drops them (most cameras' GOPs are 1–2 s, and
+at 1 det/s nothing between keyframes is due); a frame between keyframes falling due first (a GOP longer than
+the sampling period) has them decoded, in order, and everything after (``_MAX_HELD``). Decoding every
+connection's first GOP in full was 25 frames per 1080p25 camera: a 2-core box restarted with 80 cameras
+spent its first ~10 s on that, and again at every reconnect storm.
+
+Between keyframes a keyframe-only live reader that has caught up with the stream pauses (``read_pause_s``,
+ending ``_PAUSE_MARGIN_S`` before the next keyframe is due) and then reads what the socket gathered in one
+burst: FFmpeg reads RTSP one RTP packet at a time, and waking the thread for each of them cost more than
+reading them (80 cameras at 0.5 det/s: 1.51 → 1.46 cores, and the RTSP server 0.42 → 0.37).
 
 Falling behind: a keyframe-only live reader that is more than a keyframe interval (plus
 ``_STALE_MARGIN_S``) behind the stream when a due keyframe comes out of the socket does not decode it (the
@@ -84,6 +90,7 @@ _BACKOFF_BASE_S = 0.5
 _FPS_WINDOW_S = 10.0
 _NO_KEYFRAME_S = 10.0  # stream seconds without a flagged keyframe before we let the decoder decide
 _MAX_BAD_PACKETS = 50  # decode errors in a row before the connection is given up
+_MAX_HELD = 250  # packets held undecoded while the keyframe interval is learnt (10 s at 25 fps)
 _SELF_DESCRIBING_CODECS = frozenset({"h264", "hevc"})  # parameter sets in band or in extradata
 _PAUSE_MARGIN_S = 0.04  # a read pause ends this long before the next keyframe's capture time
 _PAUSE_MIN_S = 0.02  # shorter pauses save nothing
@@ -516,9 +523,11 @@ class Source:
         period = self.period_s
 
         carry, self._carry = self._carry, None
-        # Decode every frame until the keyframe interval is known: guessing keyframe-only on a long-GOP camera
-        # (or a file like vtest.avi, 25 s between keyframes) would starve the rules until the next keyframe.
+        # Until the keyframe interval is known, keyframes are decoded as in full mode and the packets between
+        # them are held (module docstring): guessing keyframe-only on a long-GOP camera (or a file like
+        # vtest.avi, 25 s between keyframes) would starve the rules until the next keyframe.
         full = True
+        held: list[Any] | None = [] if carry is None and not self.full_decode else None
         synced = False  # seen the first keyframe of this connection
         key_iv: float | None = carry.key_iv if carry else None
         last_key_t: float | None = None
@@ -591,17 +600,31 @@ class Source:
                     iv = t - last_key_t
                     key_iv = iv if key_iv is None else 0.5 * key_iv + 0.5 * iv
                     want_full = (period < 0.9 * key_iv or self.full_decode) and sink is None
+                    held = None  # never decoded: the frames they carried were not due
                     if want_full is not full:
                         full = want_full
                         cc = self._decoder(stream, full)  # at a keyframe: a fresh decoder loses nothing
                         log.debug("camera %s: %s decode", self.camera_id, "full" if full else "keyframe-only")
                 last_key_t = t
                 synced = True
+                if held is not None:  # decoded below, and again if the GOP proves long: draining forgot it
+                    held = [pkt]
             elif not synced:
                 if t - first_t < _NO_KEYFRAME_S or sink is not None:
                     continue
                 synced = full = True  # the demuxer does not flag keyframes: let the decoder sort it out
                 cc = self._decoder(stream, True)
+            if held is not None and not key and sink is None:
+                if len(held) < _MAX_HELD and (
+                    next_due is None or wall0 + (t - t0) < next_due - 0.5 * frame_iv
+                ):
+                    held.append(pkt)
+                    continue
+                # a frame between keyframes is due before the next keyframe came: decode everything from here
+                for p in held:  # references of what is due; none of their own pictures was due
+                    with contextlib.suppress(av.error.FFmpegError):
+                        cc.decode(p)
+                held = None
             if not full:
                 if not key:
                     if live and pause_s > 0 and key_iv is not None and last_key_t is not None:
@@ -652,7 +675,7 @@ class Source:
                 continue
             try:
                 decoded = cc.decode(pkt)
-                if not full and not decoded:
+                if (not full or held is not None) and not decoded:  # held: only keyframes reach it
                     # B-frames: the decoder holds pictures back to reorder them, and fed keyframes alone it
                     # gave each one out two keyframes later (2 s at 1 det/s; a file's last two never). Nothing
                     # refers back across keyframe-only decoding: drain it now, start the next one clean.
