@@ -197,6 +197,9 @@ def test_main_stream_is_connected_only_while_stills_may_be_needed(clips: tuple[P
     stream = EvidenceStream("cam", opener=opener, linger_s=5.0)
     stream.start()  # connected at once: detections need the main stream's size
     t = 1_000.0
+    # A vehicle in a zone at t: the linger runs from here. (Without it the test raced the reader: a size
+    # learnt before the first want() lets the size-only connection go at once, as it should.)
+    stream.want(True, t)
     deadline = time.monotonic() + 10
     while stream.size() is None and time.monotonic() < deadline:
         stream.want(False, t)  # nothing to watch, but the size is not known yet: it stays
