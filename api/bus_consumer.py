@@ -94,7 +94,9 @@ class BusConsumer:
         self.ack_wait_s = ack_wait_s
         self.fetch_timeout_s = fetch_timeout_s
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
-        self.stored = 0  # messages stored (created/updated) by this replica
+        # messages this replica stored: new to the store (created, updated, or stale: an older seq coming
+        # after a newer one is recorded, the event left as it is), not duplicates
+        self.stored = 0
         self._masked = ",".join(mask_url(u) for u in self.url.split(","))
         self._cameras = rt.settings.camera_ids()
         self._nc: Any = None
@@ -344,7 +346,7 @@ class BusConsumer:
             log.error("bus: dropping %s#%d: %s", ev.id, ev.seq, got.error)
             await _quiet(msg.term())
             return
-        if got.status in ("created", "updated"):
+        if got.status in ("created", "updated", "stale"):
             self.stored += 1
         try:
             # one fetch per file and batch: the object store keeps one copy of a name, the newest listed
