@@ -393,7 +393,8 @@ class DetectorConfig(_Strict):
     max_frame_age_s: Annotated[float, Field(gt=0, le=600)] | None = MAX_FRAME_AGE_S
     # A camera is reported behind (pipeline/lag.py: health "behind", the dashboard tile, a warning) when, over
     # the last 30 s (or 15 due frames; not in its first 10 s), its results' p95 capture → result exceeds
-    # this, or more than this share of its due frames were shed. A site whose rules wait minutes may accept later results than the 2 s default.
+    # this, or more than this share of its due frames were shed. A site whose rules wait minutes may accept
+    # later results than the 2 s default.
     behind_result_age_s: Annotated[float, Field(gt=0, le=600)] = LATE_S
     behind_shed_share: Annotated[float, Field(gt=0, lt=1)] = SHED_SHARE
 
