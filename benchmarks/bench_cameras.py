@@ -601,10 +601,9 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         st = statuses()
         behind.append(sum(bool(s.lag and s.lag.behind) for s in st))
         why.clear()
-        for w, s in zip(workers, st, strict=True):
+        for s in st:
             if s.lag is not None and s.lag.behind:
-                late = (s.lag.result_age_s or 0.0) > w.lag.late_s
-                shedding = (s.lag.shed_share or 0.0) > w.lag.max_shed_share
+                late, shedding = s.lag.late, s.lag.shedding
                 key = (
                     "late_and_shedding"
                     if late and shedding

@@ -37,6 +37,9 @@ class Lag:
     result_age_s: float | None  # p95 capture → result over the window; None: too few results (or warming up)
     shed_share: float | None  # due frames shed ÷ due frames over the window; None: too few due frames
     behind: bool
+    # why, now: each figure over its bound (behind with neither: held by hysteresis until both are clear)
+    late: bool = False
+    shedding: bool = False
 
 
 class LagMeter:
@@ -105,4 +108,4 @@ class LagMeter:
             share is None or share <= RECOVER * self.max_shed_share
         )
         self._behind = late or shedding or (self._behind and not clear)
-        return Lag(result_age_s=age, shed_share=share, behind=self._behind)
+        return Lag(age, share, self._behind, late, shedding)

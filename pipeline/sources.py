@@ -527,7 +527,9 @@ class Source:
         # them are held (module docstring): guessing keyframe-only on a long-GOP camera (or a file like
         # vtest.avi, 25 s between keyframes) would starve the rules until the next keyframe.
         full = True
-        held: list[Any] | None = [] if carry is None and not self.full_decode else None
+        held: list[Any] | None = (
+            [] if carry is None and not self.full_decode and self.keyframe_sink is None else None
+        )
         synced = False  # seen the first keyframe of this connection
         key_iv: float | None = carry.key_iv if carry else None
         last_key_t: float | None = None

@@ -17,7 +17,9 @@ One thread paces every media (a heap of due times), not one Python thread per me
 100+ streams from this process on the same cores as the pipeline they measure, and a hundred threads
 waking 25 times a second each, all taking the GIL, cost the box more than the pushes themselves. The access
 units already are what the payloader takes, so the served pipeline has no second parser. Access units are
-sent in presentation order: a clip with B-frames serves its keyframes faithfully, not its other frames.
+sent in decode order, as an encoder sends them: a clip with B-frames goes out each unit at its decode time
+plus the clip's reordering delay, stamped with its own presentation time (its RTP timestamp), so a client
+receives P-frames before the B-frames that refer to them, and every picture after it was "captured".
 
 Only the standard library and ``gi`` are imported: this file must not import the ``pipeline`` package.
 """
@@ -68,7 +70,7 @@ class Clip:
         sink = pipe.get_by_name("sink")
         bus = pipe.get_bus()
         pipe.set_state(Gst.State.PLAYING)
-        units: list[tuple[float, bytes, bool]] = []
+        units: list[tuple[float, float, bytes, bool]] = []  # (pts, dts, data, keyframe) in decode order
         self.caps: str | None = None
         error: str | None = None
         while True:
@@ -88,18 +90,23 @@ class Clip:
             if ok:
                 data = bytes(info.data)
                 buf.unmap(info)
-                pts = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else None
+                n = len(units) / 25.0
+                pts = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else n
+                dts = buf.dts / Gst.SECOND if buf.dts != Gst.CLOCK_TIME_NONE else pts
                 key = not buf.has_flags(Gst.BufferFlags.DELTA_UNIT)
-                units.append((pts if pts is not None else len(units) / 25.0, data, key))
+                units.append((pts, dts, data, key))
         pipe.set_state(Gst.State.NULL)
         if not units:
             raise _NotThisCodec(error)
         if error is not None:
             raise SystemExit(f"cannot read {path}: {error}")
-        units.sort(key=lambda u: u[0])
-        t0 = units[0][0]
-        # (offset, data, keyframe): GLib.Bytes, so that every push wraps the same memory without copying it
-        self.payloads = [(t - t0, GLib.Bytes.new(d), k) for t, d, k in units]
+        units.sort(key=lambda u: u[1])  # the parser's order already: decode order
+        t0 = units[0][1]
+        # An encoder with B-frames sends a unit once the pictures before it are encoded: at its decode time
+        # plus the clip's reordering delay. Pushed then, a unit was presented (captured) `lead` seconds ago.
+        delay = max(p - d for p, d, _, _ in units)
+        # (offset, lead, data, keyframe): GLib.Bytes, so that every push wraps the same memory without copying
+        self.payloads = [(d - t0, round(delay - (p - d), 6), GLib.Bytes.new(b), k) for p, d, b, k in units]
         step = self.payloads[1][0] - self.payloads[0][0] if len(self.payloads) > 1 else 0.04
         self.duration = self.payloads[-1][0] + (step if step > 0 else 0.04)
 
@@ -137,8 +144,13 @@ class Feed:
             return self._retry_start()
         # a fresh buffer on every push, its memory shared (not copied): appsrc stamps the buffer it is given,
         # and one pushed again would keep its first loop's timestamp
-        _t, payload, key = self.clip.payloads[self.index % len(self.clip.payloads)]
+        _t, lead, payload, key = self.clip.payloads[self.index % len(self.clip.payloads)]
         buf = Gst.Buffer.new_wrapped_bytes(payload)
+        if lead > 0:  # presented before now (B-frames: reordered); do-timestamp stamps the decode time only
+            clock = self.appsrc.get_clock()
+            if clock is not None:
+                now = clock.get_time() - self.appsrc.get_base_time()
+                buf.pts = max(0, now - int(lead * Gst.SECOND))
         if not key:
             buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
         ret = self.appsrc.push_buffer(buf)

@@ -152,6 +152,22 @@ def test_a_camera_hovering_at_the_bound_stays_behind_until_clearly_back() -> Non
     assert verdicts == [True, True, True, True, False, False]
 
 
+def test_the_verdict_says_which_bound_it_is_over() -> None:
+    m = LagMeter(warmup_s=0.0)
+    m.counts(0.0, 0, 0)
+    for i in range(10):
+        m.result(1.0 + i, 3.0)
+    m.counts(10.0, 80, 20)
+    assert m.lag(10.0) == Lag(3.0, 0.2, True, late=True, shedding=True)
+    for i in range(40):  # results on time again, still shedding
+        m.result(11.0 + i, 0.5)
+    m.counts(40.0, 160, 40)
+    assert m.lag(40.0) == Lag(0.5, 0.2, True, late=False, shedding=True)
+    m.counts(80.0, 253, 47)  # 7 of 100 shed: under the bound, not yet under RECOVER × it
+    lag = m.lag(80.0)
+    assert (lag.behind, lag.late, lag.shedding) == (True, False, False)  # held
+
+
 # counter steps: (seconds later, due frames handled, due frames shed)
 steps = st.lists(
     st.tuples(st.floats(0.1, 20.0), st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=40

@@ -78,6 +78,36 @@ def test_random_phase_starts_each_path_at_its_own_point(
     assert len(set(leads.values())) >= 3, leads  # at different points of the GOP
 
 
+@pytest.mark.rtsp
+def test_b_frames_are_sent_in_decode_order_stamped_with_their_presentation_time(
+    rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path]
+) -> None:
+    # An encoder with B-frames sends each reference before the B-frames that refer to it, each stamped with
+    # its own presentation time. Sent in presentation order (as this server once did), a client got B-frames
+    # before their references: keyframes decoded, the frames between them did not.
+    clip = clip_factory("bframes_3s_10fps", seconds=3, fps=10, size=(320, 180), gop=10, bframes=2)
+    got: list[tuple[float, float]] = []
+    frames: list[float] = []
+    srv = rtsp_server({"b": clip})
+    with av.open(srv.url("b"), options={"rtsp_transport": "tcp", "timeout": "5000000"}, timeout=10) as c:
+        stream = c.streams.video[0]
+        tb = float(stream.time_base)
+        for pkt in c.demux(stream):
+            if pkt.pts is None or not pkt.size or (not got and not pkt.is_keyframe):
+                continue
+            got.append((time.monotonic(), pkt.pts * tb))
+            frames += [f.pts * tb for f in stream.codec_context.decode(pkt)]
+            if len(got) >= 40:
+                break
+    pts = [p for _, p in got]
+    assert pts != sorted(pts), pts  # decode order: B-frames after the reference they follow in time
+    assert len(frames) >= 30 and all(abs(b - a - 0.1) < 0.01 for a, b in itertools.pairwise(frames)), frames
+    # every unit leaves once its picture was "captured", and no later than the clip's reordering delay after
+    # (3 frames here); the first ones came in a burst, buffered while the stream was probed
+    lags = [t - p for t, p in got[-20:]]
+    assert max(lags) - min(lags) < 0.45, [round(x - min(lags), 2) for x in lags]
+
+
 # Run by Debian's python3 (gi). A Feed's first push into an appsrc that has a clock but no base time yet — the
 # moment, while a media's pipeline starts, that made some stand-in cameras send RTCP but never video — and
 # what reaches the sink once the pipeline plays: the first buffer's timestamp, in seconds.
@@ -90,7 +120,7 @@ Gst.init(None)
 
 class Clip:
     units = [bytes([0, 0, 0, 1, 0x65 if i == 0 else 0x41, i]) for i in range(25)]
-    payloads = [(i / 25, GLib.Bytes.new(u), i == 0) for i, u in enumerate(units)]
+    payloads = [(i / 25, 0.0, GLib.Bytes.new(u), i == 0) for i, u in enumerate(units)]
     duration = 1.0
 
 

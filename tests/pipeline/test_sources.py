@@ -393,8 +393,8 @@ def test_rtsp_h265_camera(
     no_thread_leak: None,
 ) -> None:
     # Most CCTV cameras sold now send H.265 (x265 open GOPs here): keyframes only at the keyframe rate, every
-    # frame decoded above it, and either way frames reach the rules right after capture. B-frames only where
-    # keyframes alone are decoded: the stand-in server sends access units in presentation order.
+    # frame decoded above it, and either way frames reach the rules right after capture (B-frames decoded in
+    # full: test_rtsp_b_frame_stream_decoded_in_full_gives_every_due_frame_whole).
     clip = clip_factory(
         f"parking_12s_hevc_b{bframes}",
         seconds=12,
@@ -413,6 +413,66 @@ def test_rtsp_h265_camera(
     assert frames[0].image.shape == (360, 640, 3)
     assert all(b.ts > a.ts for a, b in itertools.pairwise(frames))
     assert all(f.keyframe for f in frames[1:]) is (detect_fps == 1.0)
+    ages = [round(got - f.ts, 2) for got, f in received[1:]]
+    assert max(ages) < 0.8, f"frames came out this long after capture (s): {ages}"
+
+
+_BITS = 8  # frame index bits drawn by counter_scene
+
+
+def counter_scene(i: int, _t: float, size: tuple[int, int]) -> np.ndarray:
+    """Frame ``i`` says its own index: ``_BITS`` squares along the top, white for 1, over a bar that moves
+    every frame (so that P- and B-frames predict real motion)."""
+    w, h = size
+    img = np.full((h, w, 3), 110, np.uint8)
+    x = (i * 7) % (w - 24)
+    img[h // 2 :, x : x + 24] = (30, 160, 220)
+    side = w // (_BITS + 2)
+    for b in range(_BITS):
+        img[4 : 4 + side, (b + 1) * side : (b + 2) * side] = 255 if i >> b & 1 else 0
+    return img
+
+
+def counter_of(image: np.ndarray) -> int | None:
+    """The index counter_scene drew, or None where a square is neither black nor white (a broken picture)."""
+    side = image.shape[1] // (_BITS + 2)
+    n = 0
+    for b in range(_BITS):
+        m = float(image[8 : side - 4, (b + 1) * side + 4 : (b + 2) * side - 4].mean())
+        if 60 <= m <= 195:
+            return None
+        n |= (m > 195) << b
+    return n
+
+
+@pytest.mark.rtsp
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_rtsp_b_frame_stream_decoded_in_full_gives_every_due_frame_whole(
+    rtsp_server: Callable[..., Any], clip_factory: Callable[..., Path], codec: str, no_thread_leak: None
+) -> None:
+    # Above the keyframe rate every frame is decoded. With B-frames a camera sends each P-frame before the
+    # B-frames that refer to it and stamps every frame with its presentation time: the frames due must come
+    # out whole (not concealed from missing references), in order, each one period after the last.
+    clip = clip_factory(
+        f"counter_4s_{codec}_b2",
+        seconds=4,
+        fps=10,
+        size=(320, 180),
+        gop=10,
+        codec=codec,
+        bframes=2,
+        scene_fn=counter_scene,
+    )
+    srv = rtsp_server({"cam": clip})
+    src = open_source(rtsp_camera(srv.url("cam"), detect_fps=5.0), threading.Event())
+    received = receive(src, 16, 20)
+    assert len(received) >= 16
+    frames = [f for _, f in received]
+    counters = [counter_of(f.image) for f in frames]
+    assert None not in counters, counters
+    assert all((b - a) % 40 == 2 for a, b in itertools.pairwise(counters)), counters  # type: ignore[operator]
+    steps = [round(b.ts - a.ts, 2) for a, b in itertools.pairwise(frames)]
+    assert all(abs(s - 0.2) < 0.03 for s in steps), steps
     ages = [round(got - f.ts, 2) for got, f in received[1:]]
     assert max(ages) < 0.8, f"frames came out this long after capture (s): {ages}"
 
