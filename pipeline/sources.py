@@ -176,6 +176,34 @@ def _advance(next_due: float | None, ts: float, period: float, slack: float) -> 
     return next_due + period
 
 
+def make_decoder(stream: Any, full: bool, fast_keyframes: bool = True) -> Any:
+    """The decoder for the next stretch of ``stream`` (every frame, or keyframes only).
+
+    H.264/HEVC (what cameras send) get a fresh decoder at each switch (always at a keyframe, so nothing
+    is lost, and the replaced one is freed with its frame pool). Keyframe-only decoding then skips the
+    in-loop deblocking filter (``fast_keyframes``): nothing is predicted from these frames, so the saving
+    (~12 % of a 1080p keyframe's decode) costs no drift, only ~44 dB PSNR against the filtered picture
+    (measured on the benchmark clip), invisible in a still. Full decoding keeps the filter: every P-frame
+    would inherit unfiltered references. Other codecs (MPEG-4 part 2 in AVI files, MJPEG, …) may need what
+    only the container knows (msmpeg4 takes its picture size from the AVI header): they keep the demuxer's
+    own. ``pingan``'s readers and ``benchmarks.bench_decode`` both decode with it."""
+    src = stream.codec_context
+    if src.name not in _SELF_DESCRIBING_CODECS:
+        if not src.is_open:
+            src.thread_count = 1
+        src.skip_frame = "DEFAULT" if full else "NONKEY"
+        return src
+    cc = av.CodecContext.create(src.name, "r")
+    cc.extradata = src.extradata
+    if src.width and src.height:
+        cc.width, cc.height = src.width, src.height
+    cc.thread_count = 1
+    if not full and fast_keyframes:
+        cc.options = {"skip_loop_filter": "all", "flags2": "+fast"}
+    cc.skip_frame = "DEFAULT" if full else "NONKEY"
+    return cc
+
+
 class Source:
     """A ``FrameSource`` for one RTSP URL or video file. See the module docstring.
 
@@ -719,30 +747,7 @@ class Source:
         return self._session_frames > 0
 
     def _decoder(self, stream: Any, full: bool) -> Any:
-        """The decoder for the next stretch of the stream.
-
-        H.264/HEVC (what cameras send) get a fresh decoder at each switch (always at a keyframe, so nothing
-        is lost, and the replaced one is freed with its frame pool). Keyframe-only decoding then skips the
-        in-loop deblocking filter: nothing is predicted from these frames, so the saving (~12 % of a 1080p
-        keyframe's decode) costs no drift, only ~44 dB PSNR against the filtered picture (measured on the
-        benchmark clip), invisible in a still. Full decoding keeps the filter: every P-frame would inherit
-        unfiltered references. Other codecs (MPEG-4 part 2 in AVI files, MJPEG, …) may need what only the
-        container knows (msmpeg4 takes its picture size from the AVI header): they keep the demuxer's own."""
-        src = stream.codec_context
-        if src.name not in _SELF_DESCRIBING_CODECS:
-            if not src.is_open:
-                src.thread_count = 1
-            src.skip_frame = "DEFAULT" if full else "NONKEY"
-            return src
-        cc = av.CodecContext.create(src.name, "r")
-        cc.extradata = src.extradata
-        if src.width and src.height:
-            cc.width, cc.height = src.width, src.height
-        cc.thread_count = 1
-        if not full and self.fast_keyframes:
-            cc.options = {"skip_loop_filter": "all", "flags2": "+fast"}
-        cc.skip_frame = "DEFAULT" if full else "NONKEY"
-        return cc
+        return make_decoder(stream, full, self.fast_keyframes)
 
     def _deliver(self, frame: Frame) -> None:
         if self.realtime:  # live: keep the newest frames, count the ones the consumer missed
