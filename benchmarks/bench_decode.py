@@ -45,7 +45,7 @@ from pipeline.devtools.demo import VTEST, transcode_h264
 from pipeline.devtools.rtsp import RtspServer, gst_rtsp_problem
 from pipeline.gate import SceneGate
 from pipeline.protocols import SourceState
-from pipeline.sources import Source, make_decoder, to_bgr
+from pipeline.sources import Source, drain, make_decoder, to_bgr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFFLINE = (SourceState.STALLED, SourceState.BACKOFF, SourceState.CONNECTING)
@@ -115,7 +115,7 @@ def bench_file(clip: Path) -> dict[str, Any]:
 
 
 def run_pipeline_keyframes(clip: Path) -> tuple[float, float, int]:
-    """Keyframes only, through ``pipeline.sources.make_decoder`` as a reader decodes them (drained when a
+    """Keyframes only, through ``pipeline.sources.make_decoder`` as a reader decodes them (``drain``-ed when a
     keyframe gives nothing: B-frames); (CPU s, wall s, frames)."""
     with av.open(str(clip)) as c:
         st = c.streams.video[0]
@@ -124,11 +124,7 @@ def run_pipeline_keyframes(clip: Path) -> tuple[float, float, int]:
         for pkt in c.demux(st):
             if pkt.size == 0 or not pkt.is_keyframe:
                 continue
-            got = cc.decode(pkt)
-            if not got:
-                got = cc.decode(None)
-                cc.flush_buffers()
-            n += len(got)
+            n += len(cc.decode(pkt) or drain(cc))
         return time.process_time() - cpu0, time.perf_counter() - t0, n
 
 

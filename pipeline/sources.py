@@ -204,6 +204,17 @@ def make_decoder(stream: Any, full: bool, fast_keyframes: bool = True) -> Any:
     return cc
 
 
+def drain(cc: Any) -> list[Any]:
+    """The pictures a decoder fed keyframes alone still holds, and a clean start for the next keyframe.
+
+    B-frames: the decoder holds pictures back to reorder them, and fed keyframes alone it gave each one out
+    two keyframes later (2 s at 1 det/s; a file's last two never). Nothing refers back across keyframe-only
+    decoding, so a keyframe that gives nothing is drained at once."""
+    frames: list[Any] = cc.decode(None)
+    cc.flush_buffers()
+    return frames
+
+
 class Source:
     """A ``FrameSource`` for one RTSP URL or video file. See the module docstring.
 
@@ -706,11 +717,7 @@ class Source:
             try:
                 decoded = cc.decode(pkt)
                 if (not full or held is not None) and not decoded:  # held: only keyframes reach it
-                    # B-frames: the decoder holds pictures back to reorder them, and fed keyframes alone it
-                    # gave each one out two keyframes later (2 s at 1 det/s; a file's last two never). Nothing
-                    # refers back across keyframe-only decoding: drain it now, start the next one clean.
-                    decoded = cc.decode(None)
-                    cc.flush_buffers()
+                    decoded = drain(cc)
                 bad = 0
             except av.error.FFmpegError as err:  # a damaged packet: skip it, keep the connection
                 log.debug("camera %s: decode error: %s", self.camera_id, getattr(err, "strerror", err))
