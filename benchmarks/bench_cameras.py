@@ -69,6 +69,7 @@ from benchmarks.common import (
     CACHE_DIR,
     ROOT,
     CpuWindow,
+    ThreadCpuWindow,
     busy_cores,
     cpu_seconds,
     loadavg,
@@ -603,16 +604,7 @@ def _pingan_trial(spec: TrialSpec) -> dict[str, Any]:
         why.clear()
         for s in st:
             if s.lag is not None and s.lag.behind:
-                late, shedding = s.lag.late, s.lag.shedding
-                key = (
-                    "late_and_shedding"
-                    if late and shedding
-                    else "late"
-                    if late
-                    else "shedding"
-                    if shedding
-                    else "held"
-                )
+                key = "_and_".join(k for k in ("late", "shedding") if getattr(s.lag, k)) or "held"
                 why[key] = why.get(key, 0) + 1
         return {
             "detections": sum(s.detections for s in st),
@@ -814,10 +806,11 @@ def _measure(
     time.sleep(1.0 / spec.target_fps + spec.settle_s)
     c0 = counters()
     w0 = time.time()
-    cpu = CpuWindow().start()
+    cpu, by_role = CpuWindow().start(), ThreadCpuWindow().start()
     time.sleep(spec.duration_s)
     w1 = time.time()
     cores, box_cores = cpu.cores(), cpu.box_cores()
+    role_cores = by_role.cores({t.native_id or 0: t.name for t in threading.enumerate()})
     rss_end = rss_mib()
     c1 = counters()
     # results of frames captured in the window may still arrive, for up to max_latency_s
@@ -855,6 +848,9 @@ def _measure(
         "cpu_cores": cores,
         "cpu_cores_per_camera": cores / max(1, n),
         "machine_busy_cores_window": box_cores,  # the whole box over the same window as cpu_cores
+        # cpu_cores by who spent it: source = receiving, demuxing, decoding, converting; infer = the
+        # detector's threads; camera = gates, tracker, rules, evidence; native = FFmpeg's or ORT's own
+        "cpu_cores_by_thread_role": role_cores,
         "latency_s": {
             "p50": percentile(latencies, 50),
             "p95": p95,
@@ -1036,7 +1032,8 @@ class Runner:
         note(
             f"{row['label']:>22} N={n:<3} keeps_up={row['keeps_up']!s:<5} "
             f"rate_min={(row.get('results_per_s_per_camera') or {}).get('min', 0):.2f}/s "
-            f"cores={row.get('cpu_cores', 0):.2f} p95={lat if lat is None else round(lat, 2)} s "
+            f"cores={row.get('cpu_cores', 0):.2f} ({_role_brief(row.get('cpu_cores_by_thread_role') or {})}) "
+            f"p95={lat if lat is None else round(lat, 2)} s "
             f"server={row['server_cpu_cores']:.2f} "
             f"busy={row.get('machine_busy_cores_window', row['machine_busy_cores']):.2f}"
         )
@@ -1257,6 +1254,7 @@ def _merge_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "cpu_cores": cores,
         "cpu_cores_per_camera": cores / n,
+        "cpu_cores_by_thread_role": _sum_roles([r.get("cpu_cores_by_thread_role") or {} for r in rows]),
         "latency_s": {
             "p50": worst("p50"),
             "p95": worst("p95"),
@@ -1283,6 +1281,21 @@ def _merge_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "events": sum(r.get("events", 0) for r in rows),
         **(_merge_main_streams(rows) if spec.sub_urls else {}),
     }
+
+
+def _role_brief(roles: dict[str, dict[str, float]]) -> str:
+    """``source 1.08 infer 0.56``: the costliest thread roles' cores, for the progress line."""
+    return " ".join(f"{role} {sum(split.values()):.2f}" for role, split in list(roles.items())[:3])
+
+
+def _sum_roles(per_process: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for roles in per_process:
+        for role, split in roles.items():
+            into = out.setdefault(role, {"user": 0.0, "system": 0.0})
+            for k in into:
+                into[k] += split[k]
+    return dict(sorted(out.items(), key=lambda kv: -sum(kv[1].values())))
 
 
 def _merge_main_streams(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -108,6 +108,51 @@ class CpuWindow:
         return busy_cores(self.box0, proc_stat())
 
 
+def thread_ticks() -> dict[int, tuple[int, int]]:
+    """This process's threads' (utime, stime) clock ticks so far, by native thread id."""
+    out: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = (entry / "stat").read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            out[int(entry.name)] = (int(fields[11]), int(fields[12]))
+    return out
+
+
+def thread_role(name: str) -> str:
+    """A Python thread's role from its name: the part before a per-instance suffix (``source-cam3`` →
+    ``source``, ``infer-0`` → ``infer``); threads Python did not start (FFmpeg's, ONNX Runtime's) are
+    ``native``."""
+    return name.split("-", 1)[0] if name else "native"
+
+
+@dataclass
+class ThreadCpuWindow:
+    """Where a process's CPU went over a window, by thread role (see ``thread_role``), user and system
+    apart: which work — reading and decoding, inference, tracking and rules — costs what. Threads that
+    ended inside the window are missing from it (their time is in the process total, not here)."""
+
+    t0: float = 0.0
+    ticks0: dict[int, tuple[int, int]] | None = None
+
+    def start(self) -> ThreadCpuWindow:
+        self.t0, self.ticks0 = time.monotonic(), thread_ticks()
+        return self
+
+    def cores(self, names: dict[int, str]) -> dict[str, dict[str, float]]:
+        """``{role: {"user": cores, "system": cores}}`` over the window; ``names`` maps native thread ids to
+        Python thread names (``{t.native_id: t.name for t in threading.enumerate()}``)."""
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        before = self.ticks0 or {}
+        out: dict[str, dict[str, float]] = {}
+        for tid, (u1, s1) in thread_ticks().items():
+            u0, s0 = before.get(tid, (0, 0))
+            role = out.setdefault(thread_role(names.get(tid, "")), {"user": 0.0, "system": 0.0})
+            role["user"] += (u1 - u0) / _TICK / dt
+            role["system"] += (s1 - s0) / _TICK / dt
+        return dict(sorted(out.items(), key=lambda kv: -sum(kv[1].values())))
+
+
 def loadavg() -> list[float]:
     with contextlib.suppress(OSError):
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]

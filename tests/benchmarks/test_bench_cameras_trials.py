@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_cameras import Options, Runner, _communicate_all
+from benchmarks.bench_cameras import Options, Runner, _communicate_all, _sum_roles
 
 
 def test_a_trials_processes_run_at_the_same_time() -> None:
@@ -59,3 +59,15 @@ def test_a_lucky_pass_at_the_knee_counts_only_without_confirmation(confirm: int,
     if confirm:
         assert r["confirmations"][0] == {"n": 44, "keeps_up": False}
         assert [c["n"] for c in r["confirmations"][1:]] == [40] * confirm
+
+
+def test_processes_thread_roles_add_up_when_a_trial_is_split_across_processes() -> None:
+    a = {"source": {"user": 0.5, "system": 0.1}, "infer": {"user": 0.3, "system": 0.0}}
+    b = {"infer": {"user": 0.4, "system": 0.1}, "camera": {"user": 0.02, "system": 0.0}}
+    merged = _sum_roles([a, b])
+    assert merged == {
+        "infer": {"user": 0.7, "system": 0.1},
+        "source": {"user": 0.5, "system": 0.1},
+        "camera": {"user": 0.02, "system": 0.0},
+    }
+    assert list(merged) == ["infer", "source", "camera"], "costliest first"
