@@ -196,8 +196,10 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> list[str]:
-    from pipeline.detection import cpu_flags
-
+    try:
+        from pipeline.detection import cpu_flags
+    except ImportError:  # a GPU box without the runtime's dependencies (benchmarks/bench_detector_torch.py)
+        return []
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
     with contextlib.suppress(OSError):
         flags = cpu_flags(Path("/proc/cpuinfo").read_text())
