@@ -10,6 +10,8 @@
 # and copy $OUT/detector-torch-<gpu>.json into benchmarks/results/. About 3–4 minutes on an H200.
 #
 # DEVICE=cpu PYTHON=… runs the same steps on a CPU (FP32 only), which is how the script itself is checked.
+# What it cannot measure: hardware decoding (NVDEC). PyAV's wheel has FFmpeg's cuda hwaccel, but it is 36 MB
+# and the repo already is ~63 MB of the 64 MiB a call may carry (the models are most of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
