@@ -14,10 +14,11 @@ can travel with the repo), and
 - each batch size and precision is timed as ``model`` (the batch already on the device; the forward pass,
   synchronised) and ``with_copy`` (a float32 NCHW batch copied from host memory first, as a camera frame is).
 
-What the figures say about a GPU box with onnxruntime-gpu: its CUDA provider runs the same convolutions
-through cuDNN as PyTorch does, so ``model`` rows bound what it can do per batch in FP32 and FP16 (its
-per-call overhead is of the same order); TensorRT fuses layers and usually does better. They are the
-detector's ceiling, not the pipeline's: decoding (NVDEC is not built) and the CPU-side steps stay.
+What the figures say about a GPU box with onnxruntime-gpu: the ``model`` rows are what this graph costs on
+that GPU through cuDNN, in FP32 and FP16 — the kernels ONNX Runtime's CUDA provider calls too, so close to
+what it gives but not the same figure (each fuses some layers its own way; TensorRT fuses more and usually
+does better). They are the detector's, not the pipeline's: decoding (NVDEC is not built) and the CPU-side
+steps stay.
 
 Imports only numpy, onnx, onnxruntime, torch and onnx2torch (not ``pipeline``: the GPU machine lacks the
 runtime's other dependencies). CPU works too (``--device cpu``, FP32 only), which is how it is tested.
@@ -178,10 +179,11 @@ def run(opts: Options) -> dict[str, Any]:
     import torch
 
     started = now_iso()
-    device_name = torch.cuda.get_device_name(0) if opts.device.startswith("cuda") else "cpu"
+    cuda = opts.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name(torch.device(opts.device)) if cuda else "cpu"
     # fixed shapes: let cuDNN time its algorithms once per shape, as ONNX Runtime's CUDA provider does by
     # default (cudnn_conv_algo_search EXHAUSTIVE)
-    torch.backends.cudnn.benchmark = opts.device.startswith("cuda")
+    torch.backends.cudnn.benchmark = cuda
     with warnings.catch_warnings():
         # onnx2torch's Slice indexes with a list, which PyTorch deprecates; were its meaning to change, the
         # parity check against ONNX Runtime would report it
@@ -204,9 +206,9 @@ def run(opts: Options) -> dict[str, Any]:
             "tolerance": opts.tolerance,
         },
         "maps_to": (
-            "onnxruntime-gpu's CUDA provider runs these convolutions through cuDNN as PyTorch does: the "
-            "model rows bound its FP32/FP16 throughput per batch; TensorRT usually does better. Detector "
-            "only: decoding and the CPU-side steps are not in these figures."
+            "model rows: this graph through cuDNN on this GPU, the kernels onnxruntime-gpu's CUDA provider "
+            "calls too, so close to its figure but not the same (each fuses layers its own way; TensorRT "
+            "fuses more). Detector only: decoding and the CPU-side steps are not in these figures."
         ),
         "models": models,
     }

@@ -30,14 +30,19 @@ _TICK = os.sysconf("SC_CLK_TCK")
 # ---- /proc accounting --------------------------------------------------------------------------------------
 
 
+def _ticks(stat: Path) -> tuple[int, int]:
+    """(utime, stime) clock ticks from a /proc …/stat file (fields 14, 15); OSError if it is gone."""
+    text = stat.read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # fields after the command name; state is fields[0]
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat; 0.0 if it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return sum(_ticks(Path(f"/proc/{pid}/stat"))) / _TICK
     except OSError:
         return 0.0
-    fields = text[text.rindex(")") + 2 :].split()  # fields after the command name; state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15 of stat)
 
 
 def children_of(pid: int) -> list[int]:
@@ -112,10 +117,8 @@ def thread_ticks() -> dict[int, tuple[int, int]]:
     """This process's threads' (utime, stime) clock ticks so far, by native thread id."""
     out: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = (entry / "stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            out[int(entry.name)] = (int(fields[11]), int(fields[12]))
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            out[int(entry.name)] = _ticks(entry / "stat")
     return out
 
 
