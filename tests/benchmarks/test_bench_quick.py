@@ -86,12 +86,17 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
     # the real pipeline produced results: frames went through source, detector, tracker and rules
     assert any(row["latency_s"]["samples"] > 0 for row in ran if row["mode"] == "pingan")
     assert any(row["latency_s"]["samples"] > 0 for row in ran if row["mode"] == "naive")
-    # where pingan's CPU went: its readers decoded and its detector threads inferred, and the roles add up
-    # to no more than the process used (threads that ended in the window are missing, not invented)
+    # where pingan's CPU went: its readers read and decoded, and the roles add up to no more than the process
+    # used (threads that ended in the window are missing, not invented); where the detector ran (a gate
+    # lever may carry a whole window forward: none) its threads' CPU is theirs — ~15 ms a call here, and
+    # CPU time is counted in 10 ms ticks, so a few calls
     for row in (r for r in ran if r["mode"] == "pingan"):
         roles = {k: v["user"] + v["system"] for k, v in row["cpu_cores_by_thread_role"].items()}
-        assert roles["source"] > 0 and roles["infer"] > 0, roles
+        assert roles["source"] > 0, roles
         assert sum(roles.values()) <= row["cpu_cores"] + 0.05, (roles, row["cpu_cores"])
+        if row["inference_calls"] >= 3:
+            assert roles["infer"] > 0, (roles, row["label"], row["inference_calls"])
+    assert any(r["inference_calls"] >= 3 for r in ran if r["mode"] == "pingan"), "the check above ran"
     # levers: rows for the ones asked for; the gate on a static scene carries results forward
     rows = {row["lever"]: row for row in result["levers"]}
     assert {"baseline", "parking_gate_on", "event_to_api", "substream"} <= set(rows)
