@@ -71,6 +71,7 @@ from benchmarks.common import (
     CpuWindow,
     ThreadCpuWindow,
     busy_cores,
+    costliest_first,
     cpu_seconds,
     loadavg,
     machine_info,
@@ -1295,7 +1296,7 @@ def _sum_roles(per_process: list[dict[str, dict[str, float]]]) -> dict[str, dict
             into = out.setdefault(role, {"user": 0.0, "system": 0.0})
             for k in into:
                 into[k] += split[k]
-    return dict(sorted(out.items(), key=lambda kv: -sum(kv[1].values())))
+    return costliest_first(out)
 
 
 def _merge_main_streams(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -153,7 +153,12 @@ class ThreadCpuWindow:
             role = out.setdefault(thread_role(names.get(tid, "")), {"user": 0.0, "system": 0.0})
             role["user"] += (u1 - u0) / _TICK / dt
             role["system"] += (s1 - s0) / _TICK / dt
-        return dict(sorted(out.items(), key=lambda kv: -sum(kv[1].values())))
+        return costliest_first(out)
+
+
+def costliest_first(roles: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Thread roles ordered by their cores, user and system together, the costliest first."""
+    return dict(sorted(roles.items(), key=lambda kv: -sum(kv[1].values())))
 
 
 def loadavg() -> list[float]:

@@ -21,10 +21,8 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 @pytest.mark.parametrize(
     ("name", "want"),
     [
-        (
-            "vehicles-nanodet-m.onnx",
-            (3, 256, 416),
-        ),  # dynamic height: 416 × 9/16 = 234 → 256, as pingan fits 16:9
+        # a dynamic height is filled as pingan fits a 16:9 frame: 416 × 9/16 = 234 → 256
+        ("vehicles-nanodet-m.onnx", (3, 256, 416)),
         ("vehicles-nanodet-m-320.onnx", (3, 192, 320)),
         ("bins-yolov8.onnx", (3, 192, 320)),  # fixed in the graph
     ],
