@@ -22,6 +22,7 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -201,6 +202,11 @@ class Camera(_Strict):
     # taken (pipeline/evidence_stream.py). Zones, boxes and stills stay in the main stream's pixels.
     detect_source: StreamSource | None = None
     detect_fps: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # Where the camera's keyframes come less often than detect_fps asks, detect on keyframes alone as long as
+    # they come at least this often (an I-frame interval of 2 s at detect_fps 1: 0.5 det/s); below it every
+    # frame is decoded to sample between keyframes: ~6× the camera's CPU (README, "Long keyframe
+    # intervals"). Unset: half of detect_fps. Set it to detect_fps to have detect_fps whatever it costs.
+    min_detect_fps: Annotated[float, Field(gt=0, le=30)] | None = None
     stall_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     open_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     backoff_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
@@ -233,6 +239,20 @@ class Camera(_Strict):
         if dup:
             raise ValueError(f"zone ids repeat: {', '.join(sorted(dup))}")
         return zones
+
+    @field_validator("min_detect_fps")
+    @classmethod
+    def _at_most_detect_fps(cls, v: float | None, info: ValidationInfo) -> float | None:
+        detect = info.data.get("detect_fps")
+        if v is not None and detect is not None and v > detect:
+            raise ValueError(
+                f"{v:g} is above detect_fps ({detect:g}): the lowest rate, detect_fps the highest"
+            )
+        return v
+
+    def keyframe_floor_fps(self) -> float:
+        """The lowest detection rate keyframe-only decoding may give this camera (``min_detect_fps``)."""
+        return self.detect_fps / 2 if self.min_detect_fps is None else self.min_detect_fps
 
     @model_validator(mode="after")
     def _packet_gate_needs_static_gate(self) -> Camera:

@@ -49,6 +49,8 @@ class SourceStatus:
     frames: int = 0
     dropped: int = 0
     reconnects: int = 0
+    keyframe_interval_s: float | None = None  # the stream's, once learnt
+    decode: str | None = None  # "keyframes" (keyframe-only) | "every_frame", once the interval is known
 
 
 @runtime_checkable

@@ -12,12 +12,16 @@ reconnects by itself and never raises on stream faults. States (``SourceStatus.s
     stopped: close(), the shared stop event, or the end of a non-looping file.
 
 Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are decoded (non-key packets are
-not even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed;
-above it, every frame is decoded and only the sampled ones are converted to BGR. The keyframe interval is
-learnt from the packets (demuxing is ~0.03 ms a frame). Until it is known, a connection decodes its keyframes
-and holds the packets between them undecoded: the next keyframe drops them (most cameras' GOPs are 1–2 s, and
-at 1 det/s nothing between keyframes is due); a frame between keyframes falling due first (a GOP longer than
-the sampling period) has them decoded, in order, and everything after (``_MAX_HELD``). Decoding every
+not even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed.
+Keyframes that come less often than ``detect_fps`` asks but at least at ``min_detect_fps`` (by default
+half of detect_fps: a camera's 2 s I-frame interval at 1 det/s) are each decoded and detected alone: the rate
+drops to the keyframe rate, the readers' CPU to a seventh (README, "Long keyframe intervals"). Only below
+``min_detect_fps`` is every frame decoded (and only the sampled ones converted to BGR); the status says which
+(``decode``, ``keyframe_interval_s``) and the log warns. The keyframe interval is learnt from the packets
+(demuxing is ~0.03 ms a frame). Until it is known, a connection decodes its keyframes and holds the packets
+between them undecoded: the next keyframe drops them; a frame between keyframes falling due when the next
+keyframe is already too late for keyframe-only decoding has them decoded, in order, and everything after
+(``_MAX_HELD``; the frame that fell due while the keyframe could still come is passed over). Decoding every
 connection's first GOP in full was 25 frames per 1080p25 camera: a 2-core box restarted with 80 cameras
 spent its first ~10 s on that, and again at every reconnect storm.
 
@@ -90,6 +94,8 @@ _BACKOFF_BASE_S = 0.5
 _FPS_WINDOW_S = 10.0
 _NO_KEYFRAME_S = 10.0  # stream seconds without a flagged keyframe before we let the decoder decide
 _MAX_BAD_PACKETS = 50  # decode errors in a row before the connection is given up
+_KEY_LEEWAY = 0.9  # keyframes at 0.9 × the rate keyframe-only decoding needs still do (encoders jitter)
+_DECODE_WARN_EVERY_S = 600.0  # a camera switching to every-frame decoding again warns no sooner than this
 _MAX_HELD = 250  # packets held undecoded while the keyframe interval is learnt (10 s at 25 fps)
 _SELF_DESCRIBING_CODECS = frozenset({"h264", "hevc"})  # parameter sets in band or in extradata
 _PAUSE_MARGIN_S = 0.04  # a read pause ends this long before the next keyframe's capture time
@@ -233,6 +239,7 @@ class Source:
         camera_id: str = "camera",
         is_file: bool | None = None,
         detect_fps: float = 1.0,
+        min_detect_fps: float | None = None,
         stall_timeout_s: float = 10.0,
         open_timeout_s: float = 5.0,
         backoff_max_s: float = 30.0,
@@ -256,6 +263,10 @@ class Source:
         self._target = target
         self.detect_fps = float(detect_fps)
         self.period_s = 1.0 / self.detect_fps
+        # Keyframes alone are decoded while they come at least every ``max_key_interval_s``: at detect_fps, or
+        # down to min_detect_fps (every keyframe is then due), with 10 % leeway for an encoder's jitter.
+        self.min_detect_fps = min(float(min_detect_fps or detect_fps), self.detect_fps)
+        self.max_key_interval_s = 1.0 / (_KEY_LEEWAY * self.min_detect_fps)
         self.stall_timeout_s = float(stall_timeout_s)
         self.open_timeout_s = float(open_timeout_s)
         self.read_timeout_s = max(0.5, self.stall_timeout_s / 2)
@@ -276,6 +287,9 @@ class Source:
         self._frames = 0
         self._dropped = 0
         self._reconnects = 0
+        self._key_iv: float | None = None  # the keyframe interval last learnt (stream seconds)
+        self._mode: str | None = None  # keyframes | every_frame, once the interval is known
+        self._warned_at: float | None = None  # monotonic time of the last "every frame decoded" warning
         self._emitted: deque[float] = deque(maxlen=64)
         self._last_data = self._since  # monotonic time of the last packet (or of the open)
         # this connection's TCP socket, to end a read stuck on a stream that sends no video
@@ -346,6 +360,8 @@ class Source:
                 frames=self._frames,
                 dropped=self._dropped,
                 reconnects=self._reconnects,
+                keyframe_interval_s=None if self._key_iv is None else round(self._key_iv, 3),
+                decode=self._mode,
             )
 
     def close(self) -> None:
@@ -595,7 +611,7 @@ class Source:
         motion = 0.0  # the largest GOP mean (bytes per P-frame) since the last decoded keyframe
         last_image: Any = None  # this connection's last decoded picture, for carried frames
         if key_iv is not None:  # a looping file's next pass already knows
-            full = period < 0.9 * key_iv or self.full_decode
+            full = key_iv > self.max_key_interval_s or self.full_decode
         if sink is not None:
             full = False
         # our own decoder, never the stream's: a replaced one is then freed with its frame pool
@@ -640,12 +656,13 @@ class Source:
                 if last_key_t is not None and t > last_key_t:
                     iv = t - last_key_t
                     key_iv = iv if key_iv is None else 0.5 * key_iv + 0.5 * iv
-                    want_full = (period < 0.9 * key_iv or self.full_decode) and sink is None
+                    want_full = (key_iv > self.max_key_interval_s or self.full_decode) and sink is None
                     held = None  # never decoded: the frames they carried were not due
                     if want_full is not full:
                         full = want_full
                         cc = self._decoder(stream, full)  # at a keyframe: a fresh decoder loses nothing
                         log.debug("camera %s: %s decode", self.camera_id, "full" if full else "keyframe-only")
+                    self._decode_mode(key_iv, full)
                 last_key_t = t
                 synced = True
                 if held is not None:  # decoded below, and again if the GOP proves long: draining forgot it
@@ -656,8 +673,10 @@ class Source:
                 synced = full = True  # the demuxer does not flag keyframes: let the decoder sort it out
                 cc = self._decoder(stream, True)
             if held is not None and not key and sink is None:
+                # held until a frame is due and the next keyframe is late for keyframe-only decoding
+                early = last_key_t is not None and t < last_key_t + self.max_key_interval_s - 0.5 * frame_iv
                 if len(held) < _MAX_HELD and (
-                    next_due is None or wall0 + (t - t0) < next_due - 0.5 * frame_iv
+                    early or next_due is None or wall0 + (t - t0) < next_due - 0.5 * frame_iv
                 ):
                     held.append(pkt)
                     continue
@@ -753,6 +772,36 @@ class Source:
             self._carry = _Carry(wall0 + end, mono0 + end, next_due, key_iv)
         return self._session_frames > 0
 
+    def _decode_mode(self, key_iv: float, full: bool) -> None:
+        """Publish the keyframe interval and the decoding it led to (``status()``); warn when a camera's
+        keyframes come too seldom for keyframe-only decoding (it then costs ~6× as much): at the change, and
+        no more than every ``_DECODE_WARN_EVERY_S`` for a camera whose keyframe interval wanders across
+        the bound (a "smart" codec's dynamic GOP)."""
+        mode = "every_frame" if full else "keyframes"
+        with self._lock:
+            self._key_iv = key_iv
+            told, self._mode = self._mode, mode
+        if told == mode or self.full_decode:
+            return
+        if full:
+            t = time.monotonic()
+            if self._warned_at is not None and t - self._warned_at < _DECODE_WARN_EVERY_S:
+                return
+            self._warned_at = t
+            log.warning(
+                "camera %s: a keyframe every %.1f s, too seldom for keyframe-only decoding (min_detect_fps "
+                "%.2g): every frame is decoded; an I-frame interval of %.1f s or less on the camera would "
+                "cost about a sixth of that",
+                self.camera_id,
+                key_iv,
+                self.min_detect_fps,
+                1.0 / self.min_detect_fps,
+            )
+        elif told is not None:  # debug: a wandering interval would say it at every crossing
+            log.debug(
+                "camera %s: a keyframe every %.1f s: keyframe-only decoding again", self.camera_id, key_iv
+            )
+
     def _decoder(self, stream: Any, full: bool) -> Any:
         return make_decoder(stream, full, self.fast_keyframes)
 
@@ -802,6 +851,7 @@ def open_source(
     common: dict[str, Any] = {
         "camera_id": camera.id if keyframe_sink is None else f"{camera.id} (main stream)",  # logs say which
         "detect_fps": camera.detect_fps,
+        "min_detect_fps": camera.keyframe_floor_fps(),
         "stall_timeout_s": camera.stall_timeout_s,
         "open_timeout_s": camera.open_timeout_s,
         "backoff_max_s": camera.backoff_max_s,

@@ -261,6 +261,8 @@ class Supervisor:
                 "frames": src.frames,
                 "dropped": st.dropped,
                 "reconnects": src.reconnects,
+                "keyframe_interval_s": src.keyframe_interval_s,
+                "decode": src.decode,
                 "detections": st.detections,
                 "gated": st.gated,
                 "undecoded": st.carried,

@@ -7,7 +7,9 @@ Per camera (from its latest status report): ``pingan_camera_up`` (1 when it runs
 ``_behind`` (1 when the detector is not keeping up with it), ``_result_age_seconds`` (p95 capture → result),
 ``_shed_ratio`` (due frames shed undetected), ``_fps``,
 ``_frames_total``, ``_dropped_frames_total``, ``_gated_frames_total`` (detection skipped: static scene),
-``_undecoded_keyframes_total`` (decoding skipped: the packet gate), ``_main_stream_up`` (sub-stream cameras),
+``_undecoded_keyframes_total`` (decoding skipped: the packet gate), ``_keyframe_interval_seconds`` and
+``_decodes_every_frame`` (keyframes too seldom for keyframe-only decoding), ``_main_stream_up`` (sub-stream
+cameras),
 ``_detections_total``, ``_detector_latency_seconds``, ``_outbox_depth``, ``_reconnects_total``,
 ``_last_report_timestamp_seconds``. Events: ``pingan_events{type,state}``, ``pingan_event_dispositions{type,
 disposition}``, ``pingan_events_escalated{type}``. Live feed: ``pingan_sse_subscribers``. MQTT:
@@ -170,6 +172,19 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
         "counter",
         "due keyframes not even decoded (packet gate: nothing moved)",
         per_camera(stat("undecoded")),
+    )
+    out.family(
+        "pingan_camera_keyframe_interval_seconds",
+        "gauge",
+        "the detected stream's keyframe interval, as learnt from its packets",
+        per_camera(stat("keyframe_interval_s")),
+    )
+    out.family(
+        "pingan_camera_decodes_every_frame",
+        "gauge",
+        "1 when keyframes come too seldom for the camera's min_detect_fps and every frame is decoded "
+        "(~6x the CPU of keyframe-only decoding), 0 when keyframes alone are",
+        per_camera(lambda r, p: None if (v := stat("decode")(r, p)) is None else int(v == "every_frame")),
     )
     out.family(
         "pingan_camera_main_stream_up",

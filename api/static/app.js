@@ -205,6 +205,10 @@
       tile.title = t("lag.hint");
       if (lag.length) tile.appendChild(el("small", { "class": "lag" }, lag.join(" · ")));
     }
+    if (s.decode === "every_frame") {  // keyframes too seldom: this camera costs ~6x a keyframe-only one
+      var every = t("decode.every") + (s.keyframe_interval_s != null ? " " + s.keyframe_interval_s.toFixed(1) + " s" : "");
+      tile.appendChild(el("small", { "class": "decode-every", "title": t("decode.hint") }, every));
+    }
     if (c.reason) tile.appendChild(el("small", {}, c.reason));
     var old = grid.querySelector('[data-camera-id="' + c.id + '"]');
     if (old) grid.replaceChild(tile, old); else grid.appendChild(tile);

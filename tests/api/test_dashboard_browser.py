@@ -168,5 +168,15 @@ def test_a_camera_falling_behind_shows_on_the_dashboard(browser, live_api: LiveS
         assert r.status_code == 204
         tile = page.wait_for_selector('[data-camera-id="gate-east"][data-health="ok"]', timeout=3000)
         assert tile is not None and "丢帧" not in (tile.text_content() or "")
+        assert "逐帧解码" not in (tile.text_content() or "")
+        # keyframes too seldom for keyframe-only decoding: the tile says what this camera costs and why
+        r = worker.put(
+            "/api/cameras/gate-east/status",
+            json=dict(report, behind=False, keyframe_interval_s=4.0, decode="every_frame"),
+        )
+        assert r.status_code == 204
+        hint = page.wait_for_selector('[data-camera-id="gate-east"] .decode-every', timeout=3000)
+        assert hint is not None and hint.text_content() == "逐帧解码 · 关键帧间隔 4.0 s"
+        assert "I 帧间隔" in (hint.get_attribute("title") or "")
     assert errors == []
     page.close()

@@ -79,14 +79,18 @@ def test_metrics_figures(client, auth_headers):
     assert val(s, "pingan_camera_reconnects_total", camera="gate-east") == 2
     assert ("pingan_camera_outbox_depth", frozenset({("camera", "lot-north")})) not in s  # not reported
     assert ("pingan_camera_behind", frozenset({("camera", "gate-east")})) not in s  # not reported either
+    assert ("pingan_camera_decodes_every_frame", frozenset({("camera", "gate-east")})) not in s
 
     behind = dict(status, evidence_state="running", result_age_ms=2600, shed_share=0.25, behind=True)
+    behind |= {"keyframe_interval_s": 4.0, "decode": "every_frame"}
     assert client.put("/api/cameras/gate-east/status", json=behind, headers=WORKER).status_code == 204
     s = parse(client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text)
     assert val(s, "pingan_camera_up", camera="gate-east") == 1  # late, but running
     assert val(s, "pingan_camera_behind", camera="gate-east") == 1
     assert val(s, "pingan_camera_result_age_seconds", camera="gate-east") == pytest.approx(2.6)
     assert val(s, "pingan_camera_shed_ratio", camera="gate-east") == 0.25
+    assert val(s, "pingan_camera_keyframe_interval_seconds", camera="gate-east") == 4.0
+    assert val(s, "pingan_camera_decodes_every_frame", camera="gate-east") == 1
     assert val(s, "pingan_events", type="illegal_parking", state="open") == 1
     assert val(s, "pingan_events", type="bin_overflow", state="closed") == 1
     assert val(s, "pingan_event_dispositions", type="illegal_parking", disposition="false_alarm") == 1

@@ -39,7 +39,7 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     out.mkdir()
-    levers = "parking_gate_on,event_to_api,substream,full_decode"
+    levers = "parking_gate_on,event_to_api,substream,full_decode,gop2s_keyframes"
     args = [
         "--quick",
         "--levers",
@@ -113,14 +113,22 @@ def test_bench_cameras_quick(tmp_path: Path) -> None:
     assert sub_row["main_stream_connects"] >= 0 and set(sub_row["main_streams_connected"]) == {"start", "end"}
     # every frame decoded: the bench's own reader joins the stream mid-GOP (random phase) and still decodes
     assert rows["full_decode"]["latency_s"]["samples"] > 0, rows["full_decode"].get("error")
+    assert rows["baseline"]["cameras_decoding_every_frame"] == 0
+    # a keyframe every 2 s at 1 det/s: each keyframe detected alone, held to half the rate
+    gop = rows["gop2s_keyframes"]
+    assert gop["expect_fps"] == 0.5 and gop["cameras_decoding_every_frame"] == 0, gop.get("error")
+    assert gop["latency_s"]["samples"] > 0 and result["clips"]["bytes"]["street_gop2s"] > 0
     assert [b["lever"] for b in result["summary"]["levers"]] == [r["lever"] for r in result["levers"]]
 
 
-def test_bench_cameras_lot_substream_lever(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The quiet-camera sub-stream lever is the packet-gate lever plus the lot clip's sub-stream paths."""
+def _lever_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: str
+) -> tuple[Any, list[str], dict[str, dict[str, Any]]]:
+    """The lever table for ``names`` at 2 cameras, its trials faked: (runner, levers run, each trial's
+    keyword arguments by label)."""
     from benchmarks import bench_cameras
 
-    opts = bench_cameras.Options(levers=True, lever_names="lot_packet_gate,lot_substream")
+    opts = bench_cameras.Options(levers=True, lever_names=names)
     server = bench_cameras.Server({}, tmp_path / "server.log")
     server.url = "rtsp://127.0.0.1:8554"
     runner = bench_cameras.Runner(opts, server, tmp_path)
@@ -131,13 +139,29 @@ def test_bench_cameras_lot_substream_lever(tmp_path: Path, monkeypatch: pytest.M
         return {"mode": mode, "n": n, "label": kw["label"], "keeps_up": True}
 
     monkeypatch.setattr(runner, "trial", trial)
-    rows = runner.levers(2)
-    assert [r["lever"] for r in rows] == ["baseline", "lot_packet_gate", "lot_substream"]
+    return runner, [r["lever"] for r in runner.levers(2)], calls
+
+
+def test_bench_cameras_lot_substream_lever(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quiet-camera sub-stream lever is the packet-gate lever plus the lot clip's sub-stream paths."""
+    runner, ran, calls = _lever_calls(tmp_path, monkeypatch, "lot_packet_gate,lot_substream")
+    assert ran == ["baseline", "lot_packet_gate", "lot_substream"]
     gate, sub = calls["lot_packet_gate"], calls["lot_substream"]
     assert sub.pop("sub_clip") == "lsub" and sub.pop("label") == "lot_substream"
     gate.pop("label")
     assert sub == gate and gate["clip"] == "l" and gate["packet_gate"] is True
     assert runner.urls("lsub", 2) == ["rtsp://127.0.0.1:8554/lsub0", "rtsp://127.0.0.1:8554/lsub1"]
+
+
+def test_bench_cameras_gop2s_levers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2 s GOP levers: the same clip, every frame decoded (floor = detect_fps) or keyframes at half."""
+    runner, ran, calls = _lever_calls(tmp_path, monkeypatch, "gop2s_every_frame,gop2s_keyframes")
+    assert ran == ["baseline", "gop2s_every_frame", "gop2s_keyframes"]
+    every, keys = calls["gop2s_every_frame"], calls["gop2s_keyframes"]
+    rate = runner.opts.target_fps
+    assert every["clip"] == keys["clip"] == "g"
+    assert every["min_detect_fps"] == rate and "expect_fps" not in every
+    assert keys["expect_fps"] == rate / 2 and "min_detect_fps" not in keys
 
 
 @pytest.mark.rtsp

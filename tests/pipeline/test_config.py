@@ -108,12 +108,28 @@ def _errors(text: str) -> list[str]:
         ),
         ("  - id: bins-north", "  - id: gate-east", "cameras: camera ids repeat: gate-east (line 4)"),
         ("detect_fps: 1", "detect_fps: -1", "cameras[0].detect_fps: Input should be greater than 0 (line 9)"),
+        (
+            "    detect_fps: 1\n",
+            "    detect_fps: 1\n    min_detect_fps: 2\n",
+            "cameras[0].min_detect_fps: 2 is above detect_fps (1)",
+        ),
     ],
 )
 def test_bad_field_names_path_and_line(old: str, new: str, expected: str) -> None:
     assert old in GOOD
     messages = _errors(GOOD.replace(old, new, 1))
     assert any(m.startswith(expected) for m in messages), messages
+
+
+def test_min_detect_fps_defaults_to_half_of_detect_fps() -> None:
+    """Keyframes alone may halve a camera's rate by default (a 2 s I-frame interval at 1 det/s), no more: a
+    camera asked for 5 det/s on a 1 s GOP still decodes every frame for them."""
+    cam = parse_config(GOOD).camera("gate-east")
+    assert (cam.min_detect_fps, cam.keyframe_floor_fps()) == (None, 0.5)
+    fast = parse_config(GOOD.replace("    detect_fps: 1\n", "    detect_fps: 5\n", 1)).camera("gate-east")
+    assert fast.keyframe_floor_fps() == 2.5
+    exact = GOOD.replace("    detect_fps: 1\n", "    detect_fps: 1\n    min_detect_fps: 1\n", 1)
+    assert parse_config(exact).camera("gate-east").keyframe_floor_fps() == 1.0
 
 
 def test_detector_batch_is_bounded_and_named() -> None:

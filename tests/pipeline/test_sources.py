@@ -246,6 +246,67 @@ def test_long_gop_file_is_not_starved_before_its_second_keyframe(tmp_path: Path)
     assert max(gaps) < 1.0
 
 
+def test_keyframes_slower_than_detect_fps_but_above_the_floor_are_decoded_alone(
+    clip_factory: Callable[..., Path], decoded: list[bool]
+) -> None:
+    """A camera's 2 s I-frame interval (the common default) at detect_fps 1, min_detect_fps 0.5: every
+    keyframe is detected, nothing between them is decoded, from the first GOP on; the status says so."""
+    clip = clip_factory("gop2s_12s", seconds=12, fps=10, size=(320, 180), gop=20)
+    with Source(clip, detect_fps=1.0, min_detect_fps=0.5, loop=False, realtime=False) as src:
+        frames = list(src.frames())
+        st = src.status()
+    assert len(frames) == 6 and all(f.keyframe for f in frames)
+    assert all(abs((b.ts - a.ts) - 2.0) < 0.05 for a, b in itertools.pairwise(frames))
+    assert decoded == [True] * 6  # the 114 packets between them never reached a decoder
+    assert st.decode == "keyframes" and st.keyframe_interval_s == pytest.approx(2.0)
+
+
+def test_keyframes_slower_than_the_floor_have_every_frame_decoded(
+    clip_factory: Callable[..., Path], decoded: list[bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the floor (min_detect_fps = detect_fps) the same 2 s GOP is decoded in full for 1 det/s; a
+    4 s GOP is below a 0.5 det/s floor too. Either way the status says so, and the log warns once."""
+    clip = clip_factory("gop2s_12s", seconds=12, fps=10, size=(320, 180), gop=20)
+    caplog.set_level(logging.WARNING, logger="pipeline.sources")
+    with Source(clip, camera_id="c1", detect_fps=1.0, loop=False, realtime=False) as src:
+        frames = list(src.frames())
+        st = src.status()
+    assert 11 <= len(frames) <= 12 and any(not f.keyframe for f in frames)
+    assert len(decoded) >= 100  # every packet from the second keyframe on (the first GOP was held)
+    assert st.decode == "every_frame" and st.keyframe_interval_s == pytest.approx(2.0)
+    warned = [r.getMessage() for r in caplog.records if "c1" in r.getMessage()]
+    assert len(warned) == 1 and "a keyframe every 2.0 s" in warned[0] and "1.0 s or less" in warned[0]
+
+    decoded.clear()
+    long_gop = clip_factory("gop4s_12s", seconds=12, fps=10, size=(320, 180), gop=40)
+    with Source(long_gop, detect_fps=1.0, min_detect_fps=0.5, loop=False, realtime=False) as src:
+        frames = list(src.frames())
+        st = src.status()
+    assert len(frames) >= 11 and st.decode == "every_frame"
+    assert len(decoded) >= 90
+
+
+def test_a_keyframe_interval_wandering_across_the_bound_warns_once_a_while(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "smart" codec's dynamic GOP crosses the bound both ways every few keyframes: the status follows it
+    every time, the warning comes at the first crossing and then no more often than every 10 minutes."""
+    import pipeline.sources as sources
+
+    caplog.set_level(logging.DEBUG, logger="pipeline.sources")
+    src = Source("rtsp://127.0.0.1:1/x", camera_id="c1", detect_fps=1.0, min_detect_fps=0.5)
+    for iv in (2.0, 3.0, 2.0, 3.5, 1.9, 3.0):
+        src._decode_mode(iv, iv > src.max_key_interval_s)
+        assert src.status().decode == ("every_frame" if iv > 2.2 else "keyframes")
+        assert src.status().keyframe_interval_s == iv
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "a keyframe every 3.0 s" in warnings[0].getMessage()
+    monkeypatch.setattr(sources, "_DECODE_WARN_EVERY_S", 0.0)  # ten minutes later
+    src._decode_mode(1.5, False)
+    src._decode_mode(4.0, True)
+    assert sum(r.levelno == logging.WARNING for r in caplog.records) == 2
+
+
 @pytest.mark.parametrize("bframes", [0, 2])
 def test_frames_between_keyframes_of_a_long_gop_are_decoded_faithfully(tmp_path: Path, bframes: int) -> None:
     """While the keyframe interval is learnt the packets after a keyframe are held undecoded; when a frame
@@ -415,6 +476,26 @@ def test_rtsp_h265_camera(
     assert all(f.keyframe for f in frames[1:]) is (detect_fps == 1.0)
     ages = [round(got - f.ts, 2) for got, f in received[1:]]
     assert max(ages) < 0.8, f"frames came out this long after capture (s): {ages}"
+
+
+@pytest.mark.rtsp
+def test_rtsp_camera_with_a_2s_gop_is_detected_on_its_keyframes_alone(
+    clip_factory: Callable[..., Path], rtsp_server: Callable[..., Any]
+) -> None:
+    """The common camera default (I-frame every 2 s) at detect_fps 1, the camera's default floor (half of
+    it): each keyframe is decoded and comes out as it arrives, nothing between them; the status says so."""
+    clip = clip_factory("gop2s_12s", seconds=12, fps=10, size=(320, 180), gop=20)
+    srv = rtsp_server({"cam": clip})
+    src = open_source(rtsp_camera(srv.url("cam")), threading.Event())
+    assert src.min_detect_fps == 0.5
+    received = receive(src, 4, 15)
+    st = src.status()
+    src.close()
+    frames = [f for _, f in received]
+    assert len(frames) >= 4 and all(f.keyframe for f in frames)
+    assert all(abs((b.ts - a.ts) - 2.0) < 0.1 for a, b in itertools.pairwise(frames[1:]))
+    assert max(round(got - f.ts, 2) for got, f in received[1:]) < 0.8
+    assert st.decode == "keyframes" and st.keyframe_interval_s == pytest.approx(2.0, abs=0.05)
 
 
 _BITS = 8  # frame index bits drawn by counter_scene

@@ -88,7 +88,7 @@ class TickingSource:
             i += 1
 
     def status(self) -> SourceStatus:
-        return SourceStatus(state=SourceState.RUNNING, since=0.0)
+        return SourceStatus(state=SourceState.RUNNING, since=0.0, keyframe_interval_s=2.0, decode="keyframes")
 
     def close(self) -> None:
         pass
@@ -133,6 +133,7 @@ def test_cameras_the_detector_cannot_keep_up_with_are_reported_behind(
         assert report["shed_share"] is not None
         assert (report["shed_share"] > 0.5) is behind
         assert report["result_age_ms"] is not None and 0 <= report["result_age_ms"] < 2000
+        assert (report["keyframe_interval_s"], report["decode"]) == (2.0, "keyframes")  # the source's own
     assert ("detector behind on 2 of 2 camera(s)" in caplog.text) is behind
 
 
