@@ -781,26 +781,21 @@ class Source:
         with self._lock:
             self._key_iv = key_iv
             told, self._mode = self._mode, mode
-        if told == mode or self.full_decode:
+        if told == mode or self.full_decode or not full:  # back to keyframes: the pump's debug line says so
             return
-        if full:
-            t = time.monotonic()
-            if self._warned_at is not None and t - self._warned_at < _DECODE_WARN_EVERY_S:
-                return
-            self._warned_at = t
-            log.warning(
-                "camera %s: a keyframe every %.1f s, too seldom for keyframe-only decoding (min_detect_fps "
-                "%.2g): every frame is decoded; an I-frame interval of %.1f s or less on the camera would "
-                "cost about a sixth of that",
-                self.camera_id,
-                key_iv,
-                self.min_detect_fps,
-                1.0 / self.min_detect_fps,
-            )
-        elif told is not None:  # debug: a wandering interval would say it at every crossing
-            log.debug(
-                "camera %s: a keyframe every %.1f s: keyframe-only decoding again", self.camera_id, key_iv
-            )
+        t = time.monotonic()
+        if self._warned_at is not None and t - self._warned_at < _DECODE_WARN_EVERY_S:
+            return
+        self._warned_at = t
+        log.warning(
+            "camera %s: a keyframe every %.1f s, too seldom for keyframe-only decoding (min_detect_fps "
+            "%.2g): every frame is decoded; an I-frame interval of %.1f s or less on the camera would cost "
+            "about a sixth of that",
+            self.camera_id,
+            key_iv,
+            self.min_detect_fps,
+            1.0 / self.min_detect_fps,
+        )
 
     def _decoder(self, stream: Any, full: bool) -> Any:
         return make_decoder(stream, full, self.fast_keyframes)
