@@ -133,6 +133,36 @@ class _Carry:
     key_iv: float | None
 
 
+def keyframes_suffice(key_iv_s: float, min_detect_fps: float) -> bool:
+    """Whether keyframes every ``key_iv_s`` are enough alone, for a camera that may detect as seldom as
+    ``min_detect_fps`` (10 % leeway: encoders jitter)."""
+    return key_iv_s * min_detect_fps <= 1.0 / _KEY_LEEWAY
+
+
+def describe_fault(
+    err: BaseException, phase: str, is_file: bool, open_timeout_s: float, read_s: float
+) -> str:
+    """What an operator should read for a failed open or read (``phase``), not FFmpeg's raw words."""
+    if isinstance(err, av.error.HTTPUnauthorizedError):
+        return "authentication failed (401 Unauthorized): check the user name and password"
+    if isinstance(err, av.error.HTTPForbiddenError):
+        return "access forbidden (403)"
+    if isinstance(err, av.error.HTTPNotFoundError):
+        return "stream not found (404): check the path"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    if isinstance(err, av.error.ExitError | av.error.TimeoutError | TimeoutError):
+        if phase == "open":
+            return f"open timed out after {open_timeout_s:g} s"
+        return f"no data for {read_s:g} s (read timed out)"
+    if phase == "open" and isinstance(err, av.error.InvalidDataError) and not is_file:
+        return "no valid answer from the server (hung, or not an H.264 RTSP stream)"
+    detail = getattr(err, "strerror", None) or str(err)
+    return f"{phase} failed: {type(err).__name__}: {detail}"
+
+
 def open_rtsp(url: str, transport: str, open_timeout_s: float, read_timeout_s: float) -> Any:
     """An RTSP stream opened as every pingan reader opens it: FFmpeg's socket timeout ends a silent read, and
     PyAV's interrupt timeout bounds only the open (no PyAV read timeout: see "Hangs" above); probing is kept
@@ -263,10 +293,9 @@ class Source:
         self._target = target
         self.detect_fps = float(detect_fps)
         self.period_s = 1.0 / self.detect_fps
-        # Keyframes alone are decoded while they come at least every ``max_key_interval_s``: at detect_fps, or
-        # down to min_detect_fps (every keyframe is then due), with 10 % leeway for an encoder's jitter.
+        # Keyframes alone are decoded while they come often enough (keyframes_suffice): at detect_fps, or
+        # down to min_detect_fps (every keyframe is then due).
         self.min_detect_fps = min(float(min_detect_fps or detect_fps), self.detect_fps)
-        self.max_key_interval_s = 1.0 / (_KEY_LEEWAY * self.min_detect_fps)
         self.stall_timeout_s = float(stall_timeout_s)
         self.open_timeout_s = float(open_timeout_s)
         self.read_timeout_s = max(0.5, self.stall_timeout_s / 2)
@@ -519,24 +548,7 @@ class Source:
                     self._drain()
 
     def _describe(self, err: BaseException, phase: str) -> str:
-        if isinstance(err, av.error.HTTPUnauthorizedError):
-            return "authentication failed (401 Unauthorized): check the user name and password"
-        if isinstance(err, av.error.HTTPForbiddenError):
-            return "access forbidden (403)"
-        if isinstance(err, av.error.HTTPNotFoundError):
-            return "stream not found (404): check the path"
-        if isinstance(err, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(err, FileNotFoundError):
-            return "file not found"
-        if isinstance(err, av.error.ExitError | av.error.TimeoutError | TimeoutError):
-            if phase == "open":
-                return f"open timed out after {self.open_timeout_s:g} s"
-            return f"no data for {self.stall_timeout_s:g} s (read timed out)"
-        if phase == "open" and isinstance(err, av.error.InvalidDataError) and not self.is_file:
-            return "no valid answer from the server (hung, or not an H.264 RTSP stream)"
-        detail = getattr(err, "strerror", None) or str(err)
-        return f"{phase} failed: {type(err).__name__}: {detail}"
+        return describe_fault(err, phase, self.is_file, self.open_timeout_s, self.stall_timeout_s)
 
     # ---- internals: one connection -------------------------------------------------------------------------
 
@@ -599,6 +611,7 @@ class Source:
         now = time.monotonic
         wall = self._wall
         clock = StreamClock(self.clock_window_s)
+        key_wait = 1.0 / (_KEY_LEEWAY * self.min_detect_fps)  # the longest keyframe interval that suffices
 
         bad = 0  # decode errors in a row
         live = not self.is_file
@@ -611,7 +624,7 @@ class Source:
         motion = 0.0  # the largest GOP mean (bytes per P-frame) since the last decoded keyframe
         last_image: Any = None  # this connection's last decoded picture, for carried frames
         if key_iv is not None:  # a looping file's next pass already knows
-            full = key_iv > self.max_key_interval_s or self.full_decode
+            full = not keyframes_suffice(key_iv, self.min_detect_fps) or self.full_decode
         if sink is not None:
             full = False
         # our own decoder, never the stream's: a replaced one is then freed with its frame pool
@@ -656,7 +669,9 @@ class Source:
                 if last_key_t is not None and t > last_key_t:
                     iv = t - last_key_t
                     key_iv = iv if key_iv is None else 0.5 * key_iv + 0.5 * iv
-                    want_full = (key_iv > self.max_key_interval_s or self.full_decode) and sink is None
+                    want_full = (
+                        not keyframes_suffice(key_iv, self.min_detect_fps) or self.full_decode
+                    ) and sink is None
                     held = None  # never decoded: the frames they carried were not due
                     if want_full is not full:
                         full = want_full
@@ -674,7 +689,7 @@ class Source:
                 cc = self._decoder(stream, True)
             if held is not None and not key and sink is None:
                 # held until a frame is due and the next keyframe is late for keyframe-only decoding
-                early = last_key_t is not None and t < last_key_t + self.max_key_interval_s - 0.5 * frame_iv
+                early = last_key_t is not None and t < last_key_t + key_wait - 0.5 * frame_iv
                 if len(held) < _MAX_HELD and (
                     early or next_due is None or wall0 + (t - t0) < next_due - 0.5 * frame_iv
                 ):

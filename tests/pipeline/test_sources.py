@@ -19,7 +19,7 @@ from pipeline.config import Camera
 from pipeline.devtools.clips import parking_scene
 from pipeline.protocols import Frame, FrameSource, SourceState, SourceStatus
 from pipeline.redact import Redactor
-from pipeline.sources import Source, open_source, to_bgr
+from pipeline.sources import Source, keyframes_suffice, open_source, to_bgr
 
 OFFLINE = (SourceState.STALLED, SourceState.BACKOFF, SourceState.CONNECTING)
 STALL_S = 2.0
@@ -296,7 +296,7 @@ def test_a_keyframe_interval_wandering_across_the_bound_warns_once_a_while(
     caplog.set_level(logging.DEBUG, logger="pipeline.sources")
     src = Source("rtsp://127.0.0.1:1/x", camera_id="c1", detect_fps=1.0, min_detect_fps=0.5)
     for iv in (2.0, 3.0, 2.0, 3.5, 1.9, 3.0):
-        src._decode_mode(iv, iv > src.max_key_interval_s)
+        src._decode_mode(iv, not keyframes_suffice(iv, src.min_detect_fps))
         assert src.status().decode == ("every_frame" if iv > 2.2 else "keyframes")
         assert src.status().keyframe_interval_s == iv
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
