@@ -53,7 +53,7 @@ class CameraStatusIn(_In):
     dropped: Count = 0
     reconnects: Count = 0
     # the stream's keyframe interval and whether keyframes alone are decoded or every frame (a camera whose
-    # keyframes come too seldom for its min_detect_fps costs ~6× the CPU)
+    # keyframes come too seldom for its min_detect_fps costs ~4× the CPU)
     keyframe_interval_s: Annotated[Finite, Field(ge=0, le=3600)] | None = None
     decode: Literal["keyframes", "every_frame"] | None = None
     detections: Count | None = None

@@ -204,7 +204,7 @@ class Camera(_Strict):
     detect_fps: Annotated[float, Field(gt=0, le=30)] = 1.0
     # Where the camera's keyframes come less often than detect_fps asks, detect on keyframes alone as long as
     # they come at least this often (an I-frame interval of 2 s at detect_fps 1: 0.5 det/s); below it every
-    # frame is decoded to sample between keyframes: ~6× the camera's CPU (README, "Long keyframe
+    # frame is decoded to sample between keyframes: ~4× the camera's CPU (README, "Long keyframe
     # intervals"). Unset: half of detect_fps. Set it to detect_fps to have detect_fps whatever it costs.
     min_detect_fps: Annotated[float, Field(gt=0, le=30)] | None = None
     stall_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0

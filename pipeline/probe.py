@@ -1,7 +1,7 @@
 """``pingan probe``: what each configured camera sends, and what that will cost, before the box runs it.
 
 An installer adding forty cameras wants to know, camera by camera, whether keyframes alone will serve its
-``detect_fps`` (cheap) or every frame must be decoded (~6× the CPU: README, "Long keyframe intervals"), and
+``detect_fps`` (cheap) or every frame must be decoded (~4× the CPU: README, "Long keyframe intervals"), and
 which credentials or paths are wrong. A probe opens each stream as the readers do (``open_rtsp``), demuxes
 for a few keyframes without decoding anything, and reports codec, size, frame rate, bitrate, keyframe
 interval, B-frames, and the decoding and detection rate the camera's settings will get. URLs are masked.

@@ -15,9 +15,11 @@ Sampling: with ``detect_fps`` at or below the keyframe rate, only keyframes are 
 not even handed to the decoder, and ``skip_frame = "NONKEY"`` guards the rest), every k-th keyframe as needed.
 Keyframes that come less often than ``detect_fps`` asks but at least at ``min_detect_fps`` (by default
 half of detect_fps: a camera's 2 s I-frame interval at 1 det/s) are each decoded and detected alone: the rate
-drops to the keyframe rate, the readers' CPU to a seventh (README, "Long keyframe intervals"). Only below
-``min_detect_fps`` is every frame decoded (and only the sampled ones converted to BGR); the status says which
-(``decode``, ``keyframe_interval_s``) and the log warns. The keyframe interval is learnt from the packets
+drops to the keyframe rate, the readers' CPU to a quarter (README, "Long keyframe intervals"). Only below
+``min_detect_fps`` is every frame decoded (and only the sampled ones converted to BGR), as far into each GOP
+as its last due frame: the rest of the GOP is left undecoded where nothing due refers to it (no B-frames; a
+2 s GOP at 1 det/s decodes half its frames). The status says which (``decode``, ``keyframe_interval_s``) and
+the log warns. The keyframe interval is learnt from the packets
 (demuxing is ~0.03 ms a frame). Until it is known, a connection decodes its keyframes and holds the packets
 between them undecoded: the next keyframe drops them; a frame between keyframes falling due when the next
 keyframe is already too late for keyframe-only decoding has them decoded, in order, and everything after
@@ -612,6 +614,11 @@ class Source:
         wall = self._wall
         clock = StreamClock(self.clock_window_s)
         key_wait = 1.0 / (_KEY_LEEWAY * self.min_detect_fps)  # the longest keyframe interval that suffices
+        # Decoding every frame, the rest of a GOP after its last due frame is left undecoded (``tail``): only
+        # where decode order is display order (``reordered``: a packet presented before one demuxed earlier,
+        # B-frames; never so far on this connection) and the whole of a GOP was seen (``key_iv`` known).
+        tail = reordered = False
+        top_pts: int | None = None
 
         bad = 0  # decode errors in a row
         live = not self.is_file
@@ -656,6 +663,15 @@ class Source:
                 # the camera's clock drifts from ours: the anchor is a minimum over a window, not for ever.
                 wall0 = clock.anchor(t - t0, wall())
             key = pkt.is_keyframe
+            if top_pts is not None and pts < top_pts:
+                reordered = True
+            top_pts = pts if top_pts is None else max(top_pts, pts)
+            if key:
+                tail = False
+            elif tail:
+                gop_bytes += pkt.size  # the packet gate's GOP sizes stay whole
+                gop_packets += 1
+                continue  # nothing due before the next keyframe: nothing after it refers to this
             if key and gop_packets:
                 mean = gop_bytes / gop_packets
                 motion = max(motion, mean)
@@ -766,6 +782,11 @@ class Source:
                     if next_due is not None and ts < next_due - slack:
                         continue  # decoded (it is a reference) but not converted
                     next_due = _advance(next_due, ts, period, slack)
+                    if key_iv is not None and last_key_t is not None and not (reordered or self.full_decode):
+                        # the next due frame is the next keyframe (or later): skip the GOP's tail. A keyframe
+                        # later than its interval says leaves nothing decodable until it comes: that due
+                        # frame is taken late, from the keyframe, as keyframe-only decoding would.
+                        tail = next_due >= wall0 + (last_key_t + key_iv - t0) - slack
                 if last_ts is not None and ts <= last_ts:  # the stream's clock went back: re-anchor
                     wall0 += last_ts + frame_iv - ts
                     ts = last_ts + frame_iv
@@ -789,7 +810,7 @@ class Source:
 
     def _decode_mode(self, key_iv: float, full: bool) -> None:
         """Publish the keyframe interval and the decoding it led to (``status()``); warn when a camera's
-        keyframes come too seldom for keyframe-only decoding (it then costs ~6× as much): at the change, and
+        keyframes come too seldom for keyframe-only decoding (it then costs ~4× as much): at the change, and
         no more than every ``_DECODE_WARN_EVERY_S`` for a camera whose keyframe interval wanders across
         the bound (a "smart" codec's dynamic GOP)."""
         mode = "every_frame" if full else "keyframes"
@@ -805,7 +826,7 @@ class Source:
         log.warning(
             "camera %s: a keyframe every %.1f s, too seldom for keyframe-only decoding (min_detect_fps "
             "%.2g): every frame is decoded; an I-frame interval of %.1f s or less on the camera would cost "
-            "about a sixth of that",
+            "about a quarter of that",
             self.camera_id,
             key_iv,
             self.min_detect_fps,

@@ -183,7 +183,7 @@ def render(rt: Runtime, now: datetime | None = None, relay_subscribed: bool = Fa
         "pingan_camera_decodes_every_frame",
         "gauge",
         "1 when keyframes come too seldom for the camera's min_detect_fps and every frame is decoded "
-        "(~6x the CPU of keyframe-only decoding), 0 when keyframes alone are",
+        "(~4x the CPU of keyframe-only decoding), 0 when keyframes alone are",
         per_camera(lambda r, p: None if (v := stat("decode")(r, p)) is None else int(v == "every_frame")),
     )
     out.family(

@@ -205,7 +205,7 @@
       tile.title = t("lag.hint");
       if (lag.length) tile.appendChild(el("small", { "class": "lag" }, lag.join(" · ")));
     }
-    if (s.decode === "every_frame") {  // keyframes too seldom: this camera costs ~6x a keyframe-only one
+    if (s.decode === "every_frame") {  // keyframes too seldom: this camera costs ~4x a keyframe-only one
       var every = t("decode.every") + (s.keyframe_interval_s != null ? " " + s.keyframe_interval_s.toFixed(1) + " s" : "");
       tile.appendChild(el("small", { "class": "decode-every", "title": t("decode.hint") }, every));
     }

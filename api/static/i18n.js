@@ -18,7 +18,7 @@ var I18N = (function () {
       "act.reopen": "重新打开",
       "health.ok": "正常", "health.behind": "处理滞后", "health.degraded": "异常", "health.offline": "离线", "health.unknown": "未知",
       "lag.age": "结果延迟", "lag.shed": "丢帧", "lag.hint": "检测跟不上此摄像头：本机接入的摄像头超出了处理能力；可改用子码流、降低检测频率或分到其他主机",
-      "decode.every": "逐帧解码 · 关键帧间隔", "decode.hint": "此摄像头的关键帧（I帧）间隔过长，只解码关键帧不够用，需逐帧解码，CPU 约为6倍：请在摄像头上把 I 帧间隔调到检测周期以内（或调低 min_detect_fps）",
+      "decode.every": "逐帧解码 · 关键帧间隔", "decode.hint": "此摄像头的关键帧（I帧）间隔过长，只解码关键帧不够用，需逐帧解码，CPU 约为4倍：请在摄像头上把 I 帧间隔调到检测周期以内（或调低 min_detect_fps）",
       "role.operator": "值班员", "role.police": "交警", "role.admin": "管理员", error: "操作失败",
       bin_stations: "垃圾站状态", "station.overflow": "满溢", "station.clean": "正常", severity: "等级",
       escalated: "超时未确认", "disp.escalated": "超时升级", bins: "桶号"
@@ -42,7 +42,7 @@ var I18N = (function () {
       "health.ok": "OK", "health.behind": "Falling behind", "health.degraded": "Degraded", "health.offline": "Offline", "health.unknown": "Unknown",
       "lag.age": "results after", "lag.shed": "frames shed",
       "lag.hint": "The detector is not keeping up with this camera: the box carries more cameras than it can serve; detect on the sub-stream, lower detect_fps, or move cameras to another box",
-      "decode.every": "decoding every frame · keyframe every", "decode.hint": "This camera's keyframes (I-frames) come too seldom for keyframe-only decoding, so every frame is decoded at ~6x the CPU: set the camera's I-frame interval within the detection period (or lower min_detect_fps)",
+      "decode.every": "decoding every frame · keyframe every", "decode.hint": "This camera's keyframes (I-frames) come too seldom for keyframe-only decoding, so every frame is decoded at ~4x the CPU: set the camera's I-frame interval within the detection period (or lower min_detect_fps)",
       "role.operator": "Operator", "role.police": "Police", "role.admin": "Admin", error: "Failed",
       bin_stations: "Bin stations", "station.overflow": "Overflowing", "station.clean": "Clean", severity: "level",
       escalated: "Overdue", "disp.escalated": "Escalated", bins: "Bins"
