@@ -1145,12 +1145,13 @@ class Runner:
         )
         lever("substream", SUBSTREAM_WHAT, sub_clip=SUB_PREFIX)
         lever("h265_main", "the street clip in H.265 (libx265, same bitrate, GOP and scene)", clip="h")
-        # A keyframe every 2 s (many cameras' default) at detect_fps 1: every frame decoded to sample between
+        # A keyframe every 2 s (many cameras' default) at detect_fps 1: frames decoded to sample between
         # keyframes (min_detect_fps = detect_fps, as before it existed), against each keyframe detected alone
-        # at 0.5/s (the default floor, half of detect_fps).
+        # at 0.5/s (the default floor, half of detect_fps). full_decode is every frame of a 1 s GOP.
         lever(
             "gop2s_every_frame",
-            "street clip with a keyframe every 2 s; min_detect_fps = detect_fps: every frame decoded",
+            "street clip with a keyframe every 2 s; min_detect_fps = detect_fps: frames between keyframes "
+            "decoded (each GOP as far as its last due frame)",
             clip="g",
             min_detect_fps=o.target_fps,
         )
