@@ -95,3 +95,46 @@ cameras:
     for secret in (PASSWORD, quote(PASSWORD, safe=""), "wr0ng:pw/%q", quote("wr0ng:pw/%q", safe="")):
         assert secret not in out.stdout and secret not in out.stderr
     assert gate["url"] == f"rtsp://***:***@127.0.0.1:{srv.port}/one"  # masked, not dropped
+
+
+@pytest.mark.parametrize(
+    ("gop", "settings"),
+    [
+        (10, {}),  # a keyframe a second: keyframes at 1/s
+        (15, {}),  # every 1.5 s: keyframes alone, 0.67/s
+        (20, {}),  # every 2 s: keyframes alone, 0.5/s (the default floor)
+        (20, {"min_detect_fps": 1}),  # held to 1/s: frames between keyframes, GOP tails left out
+        (40, {}),  # every 4 s: below the floor
+        (10, {"detect_fps": 4}),  # above the keyframe rate, floor 2: every frame
+    ],
+)
+def test_the_readers_deliver_what_the_probe_plans(
+    clip_factory: Callable[..., Path], gop: int, settings: dict[str, Any]
+) -> None:
+    """``plan`` (what ``pingan probe`` tells an installer) against a reader on the same stream: the same
+    decoding, the rate it names, and every delivered picture the one a plain decode shows at that time."""
+    import av
+    import numpy as np
+
+    from pipeline.sources import Source
+
+    clip = clip_factory(f"plan_gop{gop}_12s", seconds=12, fps=10, size=(320, 180), gop=gop)
+    cam = camera(**settings)
+    decode, rate = plan(cam, gop / 10)
+    with av.open(str(clip)) as c:
+        truth = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    src = Source(
+        clip, detect_fps=cam.detect_fps, min_detect_fps=cam.keyframe_floor_fps(), loop=False, realtime=False
+    )
+    with src:
+        frames = list(src.frames())
+        st = src.status()
+    assert st.decode == decode
+    # from the second keyframe on (the first GOP is read before the interval is known)
+    steady = [f for f in frames if f.ts - frames[0].ts >= gop / 10]
+    got = (len(steady) - 1) / (steady[-1].ts - steady[0].ts)
+    assert got == pytest.approx(rate, rel=0.1), [round(f.ts - frames[0].ts, 2) for f in frames]
+    t0 = frames[0].ts
+    for f in frames:
+        want = truth[round((f.ts - t0) * 10)]
+        assert np.abs(f.image.astype(np.int16) - want.astype(np.int16)).mean() < 2.0, round(f.ts - t0, 2)
