@@ -19,11 +19,11 @@ drops to the keyframe rate, the readers' CPU to a quarter (README, "Long keyfram
 ``min_detect_fps`` is every frame decoded (and only the sampled ones converted to BGR), as far into each GOP
 as its last due frame: the rest of the GOP is left undecoded where nothing due refers to it (no B-frames; a
 2 s GOP at 1 det/s decodes half its frames). The status says which (``decode``, ``keyframe_interval_s``) and
-the log warns. The keyframe interval is learnt from the packets
-(demuxing is ~0.03 ms a frame). Until it is known, a connection decodes its keyframes and holds the packets
-between them undecoded: the next keyframe drops them; a frame between keyframes falling due when the next
-keyframe is already too late for keyframe-only decoding has them decoded, in order, and everything after
-(``_MAX_HELD``; the frame that fell due while the keyframe could still come is passed over). Decoding every
+the log warns. The keyframe interval is learnt from the packets (demuxing is ~0.03 ms a frame). Until it is
+known, a connection decodes its keyframes and holds the packets between them undecoded: the next keyframe
+drops them; a frame between keyframes falling due when the next keyframe is already too late for keyframe-only
+decoding has them decoded, in order, and everything after (``_MAX_HELD``; the frame that fell due while the
+keyframe could still come is passed over). Decoding every
 connection's first GOP in full was 25 frames per 1080p25 camera: a 2-core box restarted with 80 cameras
 spent its first ~10 s on that, and again at every reconnect storm.
 
@@ -613,7 +613,6 @@ class Source:
         now = time.monotonic
         wall = self._wall
         clock = StreamClock(self.clock_window_s)
-        key_wait = 1.0 / (_KEY_LEEWAY * self.min_detect_fps)  # the longest keyframe interval that suffices
         # Decoding every frame, the rest of a GOP after its last due frame is left undecoded (``tail``): only
         # where decode order is display order (``reordered``: a packet presented before one demuxed earlier,
         # B-frames; never so far on this connection) and the whole of a GOP was seen (``key_iv`` known).
@@ -705,7 +704,9 @@ class Source:
                 cc = self._decoder(stream, True)
             if held is not None and not key and sink is None:
                 # held until a frame is due and the next keyframe is late for keyframe-only decoding
-                early = last_key_t is not None and t < last_key_t + key_wait - 0.5 * frame_iv
+                early = last_key_t is not None and keyframes_suffice(
+                    t - last_key_t + 0.5 * frame_iv, self.min_detect_fps
+                )
                 if len(held) < _MAX_HELD and (
                     early or next_due is None or wall0 + (t - t0) < next_due - 0.5 * frame_iv
                 ):
