@@ -394,7 +394,7 @@ class SiteConfig(_Strict):
 # Past capacity every camera's frame used to queue behind every other's: 76 cameras at 0.5 det/s on a box
 # that serves 61, ~22 detector calls a second, frames ~3.5 s old when detected, hardly one result within 2 s
 # of its frame. 1.2 s leaves ~0.8 s of a 2 s frame-to-event target for detection and the event; 1.7 s no
-# longer bounded latency past capacity (README, Performance, the Zen 4 section).
+# longer bounded latency past capacity (benchmarks/LOG.md, the Zen 4 entries).
 MAX_FRAME_AGE_S = 1.2
 
 
