@@ -27,6 +27,15 @@ keyframe could still come is passed over). Decoding every
 connection's first GOP in full was 25 frames per 1080p25 camera: a 2-core box restarted with 80 cameras
 spent its first ~10 s on that, and again at every reconnect storm.
 
+Keyframes alone, due times lie on a grid of the camera's own (``phase_s + k / detect_fps``, epoch seconds;
+the phase fixed by the camera's id): below the keyframe rate a camera takes every k-th keyframe, and which
+ones must not depend on when it connected, or cameras started together all take the same ones. They did: 38
+cameras at 0.5 det/s on a 1 s GOP handed the detector 26 and 12 frames in alternate seconds; at 0.2 det/s
+56 cameras' frames, bunched into a few seconds of every five, waited 0.72-0.81 s for a result (p50; p95
+2.3-2.7 s), and 0.25-0.28 s (p95 1.0-1.7 s) on the grid (benchmarks/LOG.md). Decoding every frame keeps to
+the frames it took instead (due frames on keyframes leave the most of each GOP undecoded; the keyframes'
+own phases spread the load).
+
 Between keyframes a keyframe-only live reader that has caught up with the stream pauses (``read_pause_s``,
 ending ``_PAUSE_MARGIN_S`` before the next keyframe is due) and then reads what the socket gathered in one
 burst: FFmpeg reads RTSP one RTP packet at a time, and waking the thread for each of them cost more than
@@ -68,11 +77,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import random
 import threading
 import time
 import traceback
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -207,11 +218,26 @@ def _stale(now: float, ts: float, key_iv: float) -> bool:
     return now - ts > key_iv + _STALE_MARGIN_S
 
 
+def camera_phase(camera_id: str) -> float:
+    """Where in each sampling period a camera's due frames fall, as a fraction of the period: fixed by its id
+    (CRC-32), so the cameras of one box spread over the period instead of falling due together."""
+    return zlib.crc32(camera_id.encode()) / 2**32
+
+
 def _advance(next_due: float | None, ts: float, period: float, slack: float) -> float:
     """The next sampling time after taking a frame at ``ts``; no catching up after a gap."""
     if next_due is None or next_due + period <= ts - slack:
         return ts + period
     return next_due + period
+
+
+def _next_on_grid(ts: float, period: float, slack: float, phase_s: float) -> float:
+    """Keyframes alone: the next sampling time after taking one at ``ts``, the first point of the camera's
+    grid (``phase_s + k × period``, epoch seconds) more than ``period - slack`` after it, so the next keyframe
+    taken is at least a period later. A keyframe taken off the grid (a connection's first, one taken late)
+    puts the next back on it, a gap of less than two periods; no catching up. (Decoding every frame keeps to
+    the frames it took: due frames that fall on keyframes leave the most of each GOP undecoded.)"""
+    return phase_s + (math.floor((ts + period - slack - phase_s) / period) + 1) * period
 
 
 def make_decoder(stream: Any, full: bool, fast_keyframes: bool = True) -> Any:
@@ -295,6 +321,7 @@ class Source:
         self._target = target
         self.detect_fps = float(detect_fps)
         self.period_s = 1.0 / self.detect_fps
+        self.phase_s = camera_phase(camera_id) * self.period_s  # epoch seconds mod period_s
         # Keyframes alone are decoded while they come often enough (keyframes_suffice): at detect_fps, or
         # down to min_detect_fps (every keyframe is then due).
         self.min_detect_fps = min(float(min_detect_fps or detect_fps), self.detect_fps)
@@ -590,6 +617,7 @@ class Source:
         rate = stream.guessed_rate or stream.average_rate
         frame_iv = 1.0 / float(rate) if rate else 0.04
         period = self.period_s
+        phase_s = self.phase_s
 
         carry, self._carry = self._carry, None
         # Until the keyframe interval is known, keyframes are decoded as in full mode and the packets between
@@ -747,7 +775,7 @@ class Source:
                     # close together while the detector is behind, the second replacing the first.
                     next_due = None
                     continue
-                next_due = _advance(next_due, tsk, period, slack)
+                next_due = _next_on_grid(tsk, period, slack, phase_s)
             if self.is_file and self.realtime:
                 delay = mono0 + (t - t0) - now()
                 if delay > 0 and self._wait(delay):
