@@ -32,7 +32,7 @@ the phase fixed by the camera's id): below the keyframe rate a camera takes ever
 ones must not depend on when it connected, or cameras started together all take the same ones. They did: 38
 cameras at 0.5 det/s on a 1 s GOP handed the detector 26 and 12 frames in alternate seconds; at 0.2 det/s
 56 cameras' frames, bunched into a few seconds of every five, waited 0.72-0.81 s for a result (p50; p95
-2.3-2.7 s), and 0.25-0.28 s (p95 1.0-1.7 s) on the grid (benchmarks/LOG.md). Decoding every frame keeps to
+2.3-2.7 s), and 0.25-0.33 s (p95 0.8-1.7 s) on the grid (benchmarks/LOG.md). Decoding every frame keeps to
 the frames it took instead (due frames on keyframes leave the most of each GOP undecoded; the keyframes'
 own phases spread the load).
 

@@ -285,14 +285,14 @@ def test_cameras_started_together_take_different_keyframes_below_the_keyframe_ra
 @given(
     ts=st.floats(1e9, 2e9),
     period=st.floats(0.1, 10.0),
-    key_ivs=st.floats(0.1, 1.0),
+    key_share=st.floats(0.1, 1.0),
     phase=st.floats(0.0, 0.999),
     off=st.floats(-0.999, 0.999),
 )
 def test_sampling_grid_is_kept_and_regained_without_catching_up(
-    ts: float, period: float, key_ivs: float, phase: float, off: float
+    ts: float, period: float, key_share: float, phase: float, off: float
 ) -> None:
-    slack = 0.5 * key_ivs * period  # half a keyframe interval, the keyframe at most a period apart
+    slack = 0.5 * key_share * period  # half a keyframe interval, the keyframe at most a period apart
     phase_s = phase * period
     nxt = _next_on_grid(ts, period, slack, phase_s)
     k = (nxt - phase_s) / period
