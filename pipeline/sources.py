@@ -235,8 +235,8 @@ def _next_on_grid(ts: float, period: float, slack: float, phase_s: float) -> flo
     """Keyframes alone: the next sampling time after taking one at ``ts``, the first point of the camera's
     grid (``phase_s + k × period``, epoch seconds) more than ``period - slack`` after it, so the next keyframe
     taken is at least a period later. A keyframe taken off the grid (a connection's first, one taken late)
-    puts the next back on it, a gap of less than two periods; no catching up. (Decoding every frame keeps to
-    the frames it took: due frames that fall on keyframes leave the most of each GOP undecoded.)"""
+    puts the next back on it, a gap of less than two periods; no catching up. Decoding every frame keeps
+    ``_advance`` (module docstring: why)."""
     return phase_s + (math.floor((ts + period - slack - phase_s) / period) + 1) * period
 
 
